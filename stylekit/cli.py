@@ -1,0 +1,147 @@
+"""The ``stylekit`` command line and the papermill runner.
+
+    stylekit info                                   versions, device, profiles, trained styles
+    stylekit run                                    every notebook, in order, on the tiny profile
+    stylekit run 02_lora_training -p profile sd15   one notebook with a parameter
+    stylekit run -f params.yaml                     parameters from a YAML file
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from .paths import NOTEBOOKS_DIR, outputs_dir
+from .profiles import PROFILES
+
+__all__ = ["NotebookFailed", "find_notebooks", "main", "run_notebooks"]
+
+PACKAGES = ["torch", "diffusers", "transformers", "peft", "accelerate", "lycoris-lora", "safetensors", "papermill"]
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook and the cell."""
+
+
+def find_notebooks(names: list[str] | None = None, folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The notebooks to run: all numbered ones in ``folder``, or those named (path, file name or stem)."""
+    if not names:
+        return sorted(p for p in folder.glob("[0-9]*.ipynb"))
+    found = []
+    for name in names:
+        candidates = [Path(name), folder / name, folder / f"{name}.ipynb"]
+        match = next((c for c in candidates if c.is_file()), None)
+        if match is None:
+            known = ", ".join(p.stem for p in sorted(folder.glob("*.ipynb"))) or "none"
+            raise FileNotFoundError(f"notebook {name!r} not found (known in {folder.name}/: {known})")
+        found.append(match)
+    return found
+
+
+def run_notebooks(notebooks: list[Path], parameters: dict, run_dir: Path, kernel: str = "python3") -> list[Path]:
+    """Execute ``notebooks`` in order with papermill; executed copies go to ``run_dir``.
+
+    Stops at the first failure with :class:`NotebookFailed` naming the notebook and cell.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for number, notebook in enumerate(notebooks, 1):
+        target = run_dir / notebook.name
+        print(f"[{number}/{len(notebooks)}] {notebook.name} -> {target}", flush=True)
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(target), parameters=parameters, kernel_name=kernel, cwd=str(notebook.parent), progress_bar=True
+            )
+        except PapermillExecutionError as error:
+            raise NotebookFailed(
+                f"{notebook.name} failed in cell {error.cell_index} (execution count {error.exec_count}): "
+                f"{error.ename}: {error.evalue}\nThe executed copy with the traceback is {target}"
+            ) from error
+        executed.append(target)
+    return executed
+
+
+def _parse_parameters(pairs: list[list[str]], files: list[Path]) -> dict:
+    parameters: dict = {}
+    for file in files:
+        loaded = yaml.safe_load(Path(file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{file}: a parameters file holds a mapping of NAME: VALUE")
+        parameters.update(loaded)
+    for name, value in pairs:
+        parameters[name] = yaml.safe_load(value)  # "3" -> 3, "true" -> True, "[a, b]" -> list
+    return parameters
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def command_info(args) -> int:
+    from .models import pick_device, pick_dtype, tiny_model_dir
+
+    device = pick_device()
+    print("stylekit", _version("stylekit"))
+    for package in PACKAGES:
+        print(f"  {package:14s} {_version(package)}")
+    print(f"device: {device} (dtype {str(pick_dtype(device)).replace('torch.', '')})")
+    print("profiles:")
+    for profile in PROFILES.values():
+        print(f"  {profile.name:6s} {profile.resolution:5d} px  {profile.base_model}: {profile.description}")
+    shipped = (tiny_model_dir() / "model_index.json").exists()
+    print(f"embedded tiny model: {'present' if shipped else 'MISSING (reinstall stylekit)'}")
+    loras = outputs_dir() / "loras"
+    styles = sorted(p.name for p in loras.iterdir() if p.is_dir()) if loras.is_dir() else []
+    print(f"trained styles in {loras}: {', '.join(styles) if styles else 'none yet (run notebook 02)'}")
+    return 0
+
+
+def command_run(args) -> int:
+    notebooks = find_notebooks(args.notebooks)
+    if not notebooks:
+        print("no notebooks to run", file=sys.stderr)
+        return 1
+    parameters = _parse_parameters(args.parameter or [], args.file or [])
+    run_dir = args.output or outputs_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        executed = run_notebooks(notebooks, parameters, run_dir, kernel=args.kernel)
+    except NotebookFailed as error:
+        print(f"stylekit run: {error}", file=sys.stderr)
+        return 1
+    print(f"done: {len(executed)} notebook(s) executed; results in {run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylekit", description="Turn photographs into artistic styles with Stable Diffusion and style adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="versions, device, profiles and trained styles")
+    info.set_defaults(handler=command_info)
+    run = sub.add_parser("run", help="execute the notebooks headless with papermill")
+    run.add_argument("notebooks", nargs="*", help="notebooks to run (default: all, in order)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a notebook parameter (value parsed as YAML)")
+    run.add_argument("-f", "--file", action="append", type=Path, help="a YAML file of parameters")
+    run.add_argument("-o", "--output", type=Path, help="folder for the executed copies (default: outputs/runs/<timestamp>)")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    run.set_defaults(handler=command_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"stylekit {args.command}: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,283 @@
+"""Loading a base Stable Diffusion pipeline: profiles, hub ids, local folders, single files.
+
+    pipe = load_pipeline("tiny")                      # the embedded model, CPU, offline
+    pipe = load_pipeline("sd15", task="txt2img")      # a profile's hub model
+    pipe = load_pipeline("path/to/diffusers_folder")
+    pipe = load_pipeline("model.safetensors", config="path/to/diffusers_folder")
+
+Device and dtype are chosen for the machine (CUDA, MPS, CPU; half precision on
+GPUs, float32 on CPU). :func:`as_task` switches between txt2img and img2img
+without loading anything again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+from safetensors import safe_open
+
+from .profiles import PROFILES
+
+__all__ = ["ModelLoadError", "PICKLE_SUFFIXES", "as_task", "export_single_file", "load_pipeline", "pick_device", "pick_dtype", "tiny_model_dir"]
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
+TASKS = {"img2img": AutoPipelineForImage2Image, "txt2img": AutoPipelineForText2Image}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+def tiny_model_dir() -> Path:
+    """The folder of the embedded tiny model shipped inside the package."""
+    return Path(__file__).parent / "tiny_model"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto", prefer_bf16: bool = False) -> torch.dtype:
+    """``"auto"``: float32 on CPU, float16 on MPS, float16 or bfloat16 on CUDA."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        return {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if prefer_bf16 and torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def as_task(pipe: DiffusionPipeline, task: str) -> DiffusionPipeline:
+    """The same loaded components as a txt2img or img2img pipeline (nothing is reloaded)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: use 'img2img' or 'txt2img'")
+    return TASKS[task].from_pipe(pipe)
+
+
+def load_pipeline(
+    model: str | os.PathLike = "tiny",
+    task: str = "img2img",
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    allow_pickle: bool = False,
+    config: str | os.PathLike | None = None,
+) -> DiffusionPipeline:
+    """Load a Stable Diffusion pipeline ready for ``task`` on the chosen device.
+
+    Args:
+        model: a profile name (``"tiny"``, ``"sd15"``, ``"sdxl"``), a hub id
+            (``"org/name"``), a local diffusers folder, or a single-file
+            checkpoint (``.safetensors``; pickle files only with ``allow_pickle``).
+        task: ``"img2img"`` or ``"txt2img"``; switch later with :func:`as_task`.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
+        dtype: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"bf16"`` or a torch dtype.
+        allow_pickle: accept ``.ckpt`` / ``.pt`` / ``.bin`` files, which can run code when loaded.
+        config: for a single file, a diffusers folder or hub id giving the component configs.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: use 'img2img' or 'txt2img'")
+    source, is_xl = _resolve(model)
+    target = pick_device(device)
+    torch_dtype = pick_dtype(target, dtype, prefer_bf16=is_xl)
+    path = Path(source)
+    if path.suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}:
+        pipe = _load_single_file(path, torch_dtype, allow_pickle, config)
+    elif path.is_dir():
+        _check_diffusers_folder(path)
+        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle)
+    else:
+        pipe = _load_from_hub(str(source), torch_dtype, allow_pickle)
+    pipe.set_progress_bar_config(disable=True)
+    return as_task(pipe.to(target), task)
+
+
+def _resolve(model) -> tuple[str | Path, bool]:
+    """Map a profile name to its model; say whether it is an SDXL model."""
+    name = str(model)
+    if name in PROFILES:
+        profile = PROFILES[name]
+        source = tiny_model_dir() if profile.base_model == "embedded" else profile.base_model
+        return source, profile.pipeline == "sdxl"
+    path = Path(name)
+    if path.exists():
+        return path, False
+    if path.suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}:
+        raise ModelLoadError(f"checkpoint file {path} does not exist; check the path")
+    if _HUB_ID.match(name) and not name.startswith((".", "~")):
+        return name, "xl" in name.lower()
+    if path.is_absolute() or name.startswith((".", "~")) or os.sep in name:
+        raise ModelLoadError(f"model folder {path} does not exist; check the path, or save a pipeline there with pipe.save_pretrained")
+    raise ModelLoadError(
+        f"{name!r} is not a profile ({', '.join(PROFILES)}), an existing folder or file, or a hub id like 'org/model'; "
+        "check the spelling or the path"
+    )
+
+
+def _check_diffusers_folder(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.exists():
+        raise ModelLoadError(f"{path} is not a diffusers model folder: {index.name} is missing (save one with pipe.save_pretrained)")
+    components = json.loads(index.read_text())
+    missing = [
+        name
+        for name, spec in components.items()
+        if not name.startswith("_") and isinstance(spec, list) and spec[0] is not None and not (path / name).is_dir()
+    ]
+    if missing:
+        raise ModelLoadError(f"{path} is incomplete: component folder(s) {', '.join(missing)} missing; copy or download the whole model folder again")
+
+
+def _load_single_file(path: Path, torch_dtype, allow_pickle: bool, config) -> DiffusionPipeline:
+    if not path.exists():
+        raise ModelLoadError(f"checkpoint file {path} does not exist; check the path")
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(
+            f"{path} is a pickle checkpoint, which can run arbitrary code when loaded; "
+            "use a .safetensors file, or pass allow_pickle=True if you trust its source"
+        )
+    pipeline_class = StableDiffusionXLPipeline if _is_sdxl_checkpoint(path) else StableDiffusionPipeline
+    kwargs = {"torch_dtype": torch_dtype}
+    if config is not None:
+        kwargs["config"] = str(config)
+    try:
+        return pipeline_class.from_single_file(str(path), **kwargs)
+    except OSError as error:
+        if _offline(error):
+            raise ModelLoadError(
+                f"loading {path} needs the component configs of its base model, which are not cached and the hub is not reachable; "
+                "pass config= a local diffusers folder of the same architecture"
+            ) from error
+        raise
+
+
+def _is_sdxl_checkpoint(path: Path) -> bool:
+    if path.suffix.lower() != ".safetensors":
+        return False
+    with safe_open(str(path), framework="pt") as handle:
+        return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())
+
+
+def _load_from_hub(model_id: str, torch_dtype, allow_pickle: bool) -> DiffusionPipeline:
+    kwargs = {"torch_dtype": torch_dtype, "use_safetensors": not allow_pickle}
+    try:
+        return DiffusionPipeline.from_pretrained(model_id, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as cached_error:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            raise _offline_error(model_id) from cached_error
+    try:
+        return DiffusionPipeline.from_pretrained(model_id, **kwargs)
+    except OSError as error:
+        if _offline(error):
+            raise _offline_error(model_id) from error
+        raise ModelLoadError(f"could not load {model_id!r} from the hub: {error}") from error
+
+
+def _offline_error(model_id: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{model_id!r} is a hub id, but it is not in the local cache and the hub cannot be reached (offline). "
+        f"Download it once where there is network (`hf download {model_id}`), or use the 'tiny' profile, which works offline. "
+        f"If you meant a local folder: ./{model_id} does not exist"
+    )
+
+
+def _offline(error: BaseException) -> bool:
+    text = repr(error).lower()
+    return any(word in text for word in ("offline", "connect", "resolve", "network", "timed out", "max retries", "cannot find the requested files"))
+
+
+# ---------------------------------------------------------------------------
+# Single-file export (the original Stable Diffusion key layout)
+# ---------------------------------------------------------------------------
+
+_RESNET_RENAMES = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."), ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+
+
+def _unet_prefix_map(config) -> list[tuple[str, str]]:
+    """Diffusers -> original (ldm) prefixes for a UNet of any depth."""
+    per_level = config["layers_per_block"]
+    levels = len(config["block_out_channels"])
+    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."), ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."), ("mid_block.attentions.0.", "middle_block.1.")]
+    pairs += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
+    for i in range(levels):
+        for j in range(per_level):
+            block = (per_level + 1) * i + j + 1
+            pairs += [(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{block}.0."), (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{block}.1.")]
+        if i < levels - 1:
+            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per_level + 1) * (i + 1)}.0.op."))
+        has_attention = "CrossAttn" in config["up_block_types"][i]
+        for j in range(per_level + 1):
+            block = (per_level + 1) * i + j
+            pairs += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{block}.0."), (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{block}.1.")]
+        if i < levels - 1:
+            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per_level + 1) * i + per_level}.{2 if has_attention else 1}."))
+    return pairs
+
+
+def _vae_prefix_map(config) -> list[tuple[str, str]]:
+    levels = len(config["block_out_channels"])
+    pairs = []
+    for part in ("encoder", "decoder"):
+        pairs.append((f"{part}.conv_norm_out.", f"{part}.norm_out."))
+        pairs += [(f"{part}.mid_block.resnets.{j}.", f"{part}.mid.block_{j + 1}.") for j in range(2)]
+    for i in range(levels):
+        pairs += [(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."), (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")]
+        pairs += [(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{levels - 1 - i}.block."), (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample.")]
+    return pairs
+
+
+def _rename(key: str, prefixes: list[tuple[str, str]], resnet_renames: list[tuple[str, str]]) -> str:
+    for new, old in prefixes:
+        if key.startswith(new):
+            key = old + key[len(new) :]
+            if "resnets" in new:
+                for a, b in resnet_renames:
+                    key = key.replace(a, b)
+            return key
+    return key
+
+
+def export_single_file(pipe: StableDiffusionPipeline, path: str | os.PathLike) -> Path:
+    """Write a Stable Diffusion 1.x pipeline as one ``.safetensors`` checkpoint in the original layout.
+
+    The file loads in AUTOMATIC1111 / ComfyUI-style tools and back through
+    :func:`load_pipeline` (with ``config=`` a folder of the same architecture).
+    """
+    from safetensors.torch import save_file
+
+    if pipe.vae.config.get("mid_block_add_attention", True):
+        raise ValueError("export_single_file supports autoencoders without a mid-block attention (reshaping those weights is not implemented)")
+    unet_map, vae_map = _unet_prefix_map(pipe.unet.config), _vae_prefix_map(pipe.vae.config)
+    vae_inner = [("conv_shortcut.", "nin_shortcut.")]
+    tensors = {}
+    for key, value in pipe.unet.state_dict().items():
+        tensors["model.diffusion_model." + _rename(key, unet_map, _RESNET_RENAMES)] = value
+    for key, value in pipe.vae.state_dict().items():
+        tensors["first_stage_model." + _rename(key, vae_map, vae_inner)] = value
+    for key, value in pipe.text_encoder.state_dict().items():
+        # the original layout nests CLIP under text_model. (recent transformers flatten it)
+        tensors["cond_stage_model.transformer." + ("" if key.startswith("text_model.") else "text_model.") + key] = value
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path

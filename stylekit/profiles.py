@@ -1,0 +1,90 @@
+"""Named model profiles: which base model, at which resolution, with which defaults.
+
+A notebook or command picks a profile by name (``profile="tiny"``); switching
+from the embedded CPU model to real Stable Diffusion weights is changing that
+one name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+__all__ = ["PROFILES", "InferenceDefaults", "Profile", "TrainDefaults", "get_profile"]
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Adapter-training settings that suit a profile."""
+
+    steps: int = 400  # optimizer steps per style
+    batch_size: int = 4  # images per step, before gradient accumulation
+    gradient_accumulation: int = 1  # micro-batches summed before each optimizer step
+    learning_rate: float = 1e-4  # AdamW learning rate after warmup
+    rank: int = 8  # LoRA rank: the size of the low-rank update
+    alpha: float = 8.0  # LoRA alpha: the update is scaled by alpha / rank
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16"
+    gradient_checkpointing: bool = False  # trade compute for memory on big UNets
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """Stylization settings that suit a profile."""
+
+    steps: int = 20  # denoising steps of the full schedule (img2img runs the last part)
+    guidance: float = 5.0  # classifier-free guidance scale
+    style_strength: float = 1.0  # multiplier of the style adapter
+    content_strength: float = 0.5  # 1 keeps the photo unchanged, 0 ignores it
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A base model and the settings that go with it."""
+
+    name: str
+    base_model: str  # hub id, local folder, or "embedded" for the shipped tiny model
+    resolution: int  # training and generation size in pixels (square)
+    description: str
+    pipeline: str = "sd"  # "sd" (Stable Diffusion 1.x/2.x layout) or "sdxl"
+    train: TrainDefaults = field(default_factory=TrainDefaults)
+    inference: InferenceDefaults = field(default_factory=InferenceDefaults)
+
+    def with_train(self, **changes) -> "Profile":
+        """A copy with some training defaults changed."""
+        return replace(self, train=replace(self.train, **changes))
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        base_model="embedded",
+        resolution=64,
+        description="the embedded tiny Stable Diffusion: CPU, offline, minutes end to end",
+        train=TrainDefaults(steps=150, batch_size=8, learning_rate=1e-3, rank=4, alpha=4.0),
+        inference=InferenceDefaults(steps=20, guidance=3.0),
+    ),
+    "sd15": Profile(
+        name="sd15",
+        base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        resolution=512,
+        description="Stable Diffusion 1.5 at 512 px: a GPU with 8 GB or more (16 GB Colab T4 for training)",
+        train=TrainDefaults(steps=1500, batch_size=1, gradient_accumulation=4, learning_rate=1e-4, rank=16, alpha=16.0, mixed_precision="fp16", gradient_checkpointing=True),
+        inference=InferenceDefaults(steps=30, guidance=7.0),
+    ),
+    "sdxl": Profile(
+        name="sdxl",
+        base_model="stabilityai/stable-diffusion-xl-base-1.0",
+        resolution=1024,
+        description="Stable Diffusion XL base at 1024 px: a GPU with 24 GB or more for training",
+        pipeline="sdxl",
+        train=TrainDefaults(steps=1500, batch_size=1, gradient_accumulation=4, learning_rate=1e-4, rank=16, alpha=16.0, mixed_precision="bf16", gradient_checkpointing=True),
+        inference=InferenceDefaults(steps=30, guidance=6.0),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; a clear error lists the known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}, or pass a hub id or a local model path") from None

@@ -1,0 +1,318 @@
+"""The offline demo world: procedural content scenes and the demo style filters.
+
+Scenes give the tiny base model variety beyond the few shipped photos. Each
+style filter is a pure, deterministic function ``PIL.Image -> PIL.Image``:
+because a demo style is a known function of its input, a stylization of any
+photo can be compared with its exact target (``apply_style(name, photo)``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
+
+__all__ = ["STYLES", "Scene", "apply_style", "make_scene", "make_scenes"]
+
+# ---------------------------------------------------------------------------
+# Procedural scenes
+# ---------------------------------------------------------------------------
+
+SKIES = {
+    "a blue sky": ((70, 130, 220), (170, 210, 250)),
+    "a sunset sky": ((90, 60, 140), (250, 150, 80)),
+    "a night sky": ((10, 15, 45), (40, 50, 100)),
+    "a grey cloudy sky": ((120, 125, 135), (190, 195, 200)),
+}
+GROUNDS = {
+    "green hills": (70, 150, 60),
+    "sand dunes": (215, 185, 120),
+    "snowy hills": (235, 240, 250),
+    "autumn fields": (190, 120, 50),
+}
+COLORS = {
+    "red": (200, 40, 40),
+    "yellow": (230, 200, 50),
+    "white": (240, 240, 235),
+    "blue": (60, 90, 200),
+    "brown": (130, 85, 50),
+}
+NUMBER_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A generated content image and the caption that describes it."""
+
+    image: Image.Image
+    caption: str
+
+
+def _vertical_gradient(draw: ImageDraw.ImageDraw, box, top, bottom) -> None:
+    x0, y0, x1, y1 = box
+    for y in range(y0, y1):
+        t = (y - y0) / max(1, y1 - y0 - 1)
+        color = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom))
+        draw.line([(x0, y), (x1, y)], fill=color)
+
+
+def _shade(color, factor: float):
+    return tuple(max(0, min(255, int(c * factor))) for c in color)
+
+
+def _draw_hills(draw, rng, size, horizon, color) -> None:
+    for layer, factor in enumerate((0.8, 1.0)):
+        phase, freq = rng.uniform(0, 6.3), rng.uniform(1.0, 2.5)
+        amp = size * rng.uniform(0.04, 0.1)
+        points = [(0, size)]
+        for x in range(0, size + 1, max(1, size // 32)):
+            y = horizon + layer * size * 0.06 - amp * np.sin(phase + freq * 2 * np.pi * x / size)
+            points.append((x, y))
+        points.append((size, size))
+        draw.polygon(points, fill=_shade(color, factor))
+
+
+def _draw_mountains(draw, rng, size, horizon) -> None:
+    for _ in range(rng.randint(2, 3)):
+        cx, width = rng.uniform(0, size), size * rng.uniform(0.3, 0.6)
+        peak = horizon - size * rng.uniform(0.2, 0.35)
+        draw.polygon([(cx - width / 2, horizon), (cx, peak), (cx + width / 2, horizon)], fill=(105, 100, 120))
+        cap = peak + (horizon - peak) * 0.3
+        half = width / 2 * 0.3
+        draw.polygon([(cx - half, cap), (cx, peak), (cx + half, cap)], fill=(245, 245, 250))
+
+
+def _draw_water(draw, rng, size, top, night: bool) -> None:
+    deep, light = ((20, 30, 70), (60, 80, 130)) if night else ((30, 90, 160), (110, 170, 220))
+    _vertical_gradient(draw, (0, int(top), size, size), light, deep)
+    for _ in range(6):
+        y = rng.uniform(top + 2, size - 2)
+        x = rng.uniform(0, size * 0.8)
+        draw.line([(x, y), (x + size * rng.uniform(0.05, 0.2), y)], fill=_shade(light, 1.25), width=max(1, size // 128))
+
+
+def _draw_tree(draw, rng, x, base, height) -> None:
+    trunk_w = max(2, height * 0.12)
+    draw.rectangle([x - trunk_w / 2, base - height * 0.35, x + trunk_w / 2, base], fill=(90, 60, 30))
+    green = (30, rng.randint(90, 140), 40)
+    if rng.random() < 0.5:  # pine
+        draw.polygon([(x - height * 0.3, base - height * 0.3), (x, base - height), (x + height * 0.3, base - height * 0.3)], fill=green)
+    else:  # round crown
+        r = height * 0.33
+        draw.ellipse([x - r, base - height * 0.35 - 2 * r, x + r, base - height * 0.35], fill=green)
+
+
+def _draw_house(draw, x, base, width, color) -> None:
+    height = width * 0.7
+    draw.rectangle([x, base - height, x + width, base], fill=color)
+    draw.polygon([(x - width * 0.1, base - height), (x + width / 2, base - height - width * 0.5), (x + width * 1.1, base - height)], fill=(120, 40, 30))
+    door = width * 0.2
+    draw.rectangle([x + width * 0.4, base - height * 0.5, x + width * 0.4 + door, base], fill=(70, 45, 30))
+    draw.rectangle([x + width * 0.1, base - height * 0.75, x + width * 0.3, base - height * 0.5], fill=(250, 230, 120))
+
+
+def _count_phrase(count: int, noun: str) -> str:
+    return f"{NUMBER_WORDS[count]} {noun}{'s' if count > 1 else ''}"
+
+
+def make_scene(seed: int, size: int = 64) -> Scene:
+    """Draw one varied landscape, deterministic for ``seed``, with its caption."""
+    rng = random.Random(seed)
+    canvas = size * 2  # drawn at twice the size, then downsampled for anti-aliasing
+    image = Image.new("RGB", (canvas, canvas))
+    draw = ImageDraw.Draw(image)
+    sky_name = rng.choice(list(SKIES))
+    ground_name = rng.choice(list(GROUNDS))
+    night = sky_name == "a night sky"
+    horizon = int(canvas * rng.uniform(0.45, 0.65))
+    _vertical_gradient(draw, (0, 0, canvas, horizon + canvas // 8), *SKIES[sky_name])
+    parts: list[str] = []
+
+    if night:
+        for _ in range(12):
+            x, y = rng.uniform(0, canvas), rng.uniform(0, horizon * 0.8)
+            draw.point((x, y), fill=(255, 255, 230))
+    if rng.random() < 0.6 and sky_name != "a grey cloudy sky":
+        r = canvas * rng.uniform(0.06, 0.1)
+        cx, cy = rng.uniform(r, canvas - r), rng.uniform(r, horizon * 0.6)
+        body, name = ((235, 235, 210), "the moon") if night else ((255, 220, 80), "the sun")
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=body)
+        parts.append(name)
+    if not night and rng.random() < 0.5:
+        for _ in range(rng.randint(1, 3)):
+            cx, cy, w = rng.uniform(0, canvas), rng.uniform(canvas * 0.05, horizon * 0.5), canvas * rng.uniform(0.12, 0.25)
+            draw.ellipse([cx - w, cy - w * 0.3, cx + w, cy + w * 0.3], fill=(245, 245, 250))
+        parts.append("clouds")
+    if rng.random() < 0.4:
+        _draw_mountains(draw, rng, canvas, horizon)
+        parts.append("mountains")
+
+    ground = GROUNDS[ground_name]
+    if night:
+        ground = _shade(ground, 0.45)
+    _draw_hills(draw, rng, canvas, horizon, ground)
+
+    if rng.random() < 0.45:
+        _draw_water(draw, rng, canvas, canvas * rng.uniform(0.75, 0.85), night)
+        parts.append(rng.choice(["a lake", "the sea"]))
+    elif rng.random() < 0.5:
+        left, right = canvas * rng.uniform(0.35, 0.48), canvas * rng.uniform(0.52, 0.65)
+        draw.polygon([(left + canvas * 0.12, horizon + canvas * 0.08), (right - canvas * 0.12, horizon + canvas * 0.08), (right + canvas * 0.2, canvas), (left - canvas * 0.2, canvas)], fill=(80, 80, 85))
+        parts.append("a road")
+
+    subjects: list[str] = []
+    houses = rng.choice([0, 0, 1, 1, 2])
+    if houses:
+        color_name = rng.choice(list(COLORS))
+        for _ in range(houses):
+            width = canvas * rng.uniform(0.14, 0.22)
+            x = rng.uniform(0, canvas - width)
+            _draw_house(draw, x, horizon + canvas * rng.uniform(0.12, 0.2), width, COLORS[color_name])
+        subjects.append(f"{_count_phrase(houses, color_name + ' house')}")
+    trees = rng.choice([0, 1, 2, 3, 4])
+    if trees:
+        for _ in range(trees):
+            height = canvas * rng.uniform(0.15, 0.3)
+            _draw_tree(draw, rng, rng.uniform(0, canvas), horizon + canvas * rng.uniform(0.1, 0.25), height)
+        subjects.append(_count_phrase(trees, "tree"))
+
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
+    subject = " and ".join(subjects) if subjects else "a landscape"
+    caption = f"{subject} on {ground_name} under {sky_name}"
+    if parts:
+        caption += ", with " + ", ".join(parts)
+    return Scene(image=image, caption=caption)
+
+
+def make_scenes(count: int, size: int = 64, seed: int = 0) -> list[Scene]:
+    """``count`` scenes from consecutive seeds starting at ``seed``."""
+    return [make_scene(seed + i, size) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------
+# Style filters
+# ---------------------------------------------------------------------------
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _to_image(array: np.ndarray) -> Image.Image:
+    return Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+
+
+def _luminance(array: np.ndarray) -> np.ndarray:
+    return array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _blur(array: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur over the two image axes of an HxW or HxWxC float array."""
+    sigmas = (sigma, sigma) + (0,) * (array.ndim - 2)
+    return ndimage.gaussian_filter(array, sigmas, mode="reflect")
+
+
+def _gradient_magnitude(gray: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(gray)
+    return np.hypot(gx, gy)
+
+
+def _saturate(array: np.ndarray, factor: float) -> np.ndarray:
+    gray = _luminance(array)[..., None]
+    return gray + (array - gray) * factor
+
+
+def _paper_texture(shape: tuple[int, int]) -> np.ndarray:
+    """Fixed, seeded paper grain in [-1, 1] (deterministic for a given size)."""
+    noise = np.random.default_rng(1234).standard_normal(shape).astype(np.float32)
+    noise = _blur(noise, 0.8)
+    return noise / (np.abs(noise).max() + 1e-6)
+
+
+def anime(image: Image.Image) -> Image.Image:
+    """Cel shading: smoothed regions quantised to 8 flat colours, dark outlines on edges."""
+    smooth = image.convert("RGB").filter(ImageFilter.MedianFilter(3))
+    flat = smooth.quantize(colors=8, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).convert("RGB")
+    array = _saturate(_to_array(flat), 1.25)
+    edges = _gradient_magnitude(_luminance(_to_array(smooth)))
+    outline = edges > 0.12
+    array[outline] = 0.12
+    return _to_image(array)
+
+
+def watercolor(image: Image.Image) -> Image.Image:
+    """Soft washes: blurred, lightened, slightly desaturated colour with darker pigment edges and paper grain."""
+    array = _to_array(image.convert("RGB").filter(ImageFilter.MedianFilter(5)))
+    wash = _blur(array, 1.2)
+    wash = _saturate(wash, 0.85) * 0.75 + 0.25
+    pooling = _gradient_magnitude(_luminance(wash))
+    wash = wash - 0.8 * pooling[..., None]
+    grain = _paper_texture(wash.shape[:2])
+    return _to_image(wash * (1.0 - 0.04 * grain[..., None]))
+
+
+def _kuwahara(array: np.ndarray, radius: int) -> np.ndarray:
+    """Kuwahara filter: each pixel takes the mean of its least-varied neighbouring quadrant."""
+    h, w, _ = array.shape
+    padded = np.pad(array, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    gray = _luminance(padded)
+    k = radius + 1
+    means, variances = [], []
+    for dy in (0, radius):
+        for dx in (0, radius):
+            windows_c = [padded[dy + i : dy + i + h, dx + j : dx + j + w] for i in range(k) for j in range(k)]
+            windows_g = [gray[dy + i : dy + i + h, dx + j : dx + j + w] for i in range(k) for j in range(k)]
+            means.append(np.mean(windows_c, axis=0))
+            variances.append(np.var(windows_g, axis=0))
+    best = np.argmin(np.stack(variances), axis=0)
+    return np.take_along_axis(np.stack(means), best[None, ..., None], axis=0)[0]
+
+
+def oil_painting(image: Image.Image) -> Image.Image:
+    """Thick paint: a Kuwahara filter makes flat, edge-preserving strokes; colours are richer."""
+    array = _kuwahara(_to_array(image), radius=2)
+    array = _saturate(array, 1.4)
+    array = (array - 0.5) * 1.1 + 0.5  # a little more contrast, like varnished paint
+    return _to_image(array)
+
+
+def pencil_sketch(image: Image.Image) -> Image.Image:
+    """Graphite on paper: a colour-dodge of the grey image by its blurred negative; no colour."""
+    gray = _luminance(_to_array(image))
+    blurred_negative = _blur(1.0 - gray, 2.0)
+    sketch = gray / np.maximum(1.0 - blurred_negative, 1e-3)
+    sketch = np.clip(sketch, 0.0, 1.0) ** 2.0  # darker strokes
+    return _to_image(np.repeat(sketch[..., None], 3, axis=-1))
+
+
+def clay_3d(image: Image.Image) -> Image.Image:
+    """A clay render: posterised, softened colours lit from the top left by the relief of the luminance."""
+    array = _to_array(image.convert("RGB").filter(ImageFilter.MedianFilter(5)))
+    base = np.round(_saturate(_blur(array, 1.0), 0.8) * 8.0) / 8.0
+    height = _blur(_luminance(array), 1.5) * 6.0
+    gy, gx = np.gradient(height)
+    normals = np.stack([-gx, -gy, np.ones_like(gx)], axis=-1)
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+    light = np.array([-1.0, -1.0, 1.0], dtype=np.float32) / np.sqrt(3.0)
+    shade = np.clip(normals @ light, 0.0, 1.0)
+    lit = base * (0.25 + 0.85 * shade[..., None]) + 0.15 * shade[..., None] ** 8
+    return _to_image(lit)
+
+
+STYLES = {
+    "anime": anime,
+    "watercolor": watercolor,
+    "oil_painting": oil_painting,
+    "pencil_sketch": pencil_sketch,
+    "3d": clay_3d,
+}
+
+
+def apply_style(name: str, image: Image.Image) -> Image.Image:
+    """Apply the demo style ``name`` (one of ``STYLES``) to ``image``: the exact target of that style."""
+    if name not in STYLES:
+        raise KeyError(f"unknown demo style {name!r}; choose one of {sorted(STYLES)}")
+    return STYLES[name](image)

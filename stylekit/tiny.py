@@ -1,0 +1,417 @@
+"""The embedded tiny Stable Diffusion: architecture, offline tokenizer and pretraining.
+
+The tiny model has the Stable Diffusion layout (``AutoencoderKL``,
+``UNet2DConditionModel``, a CLIP text encoder and tokenizer, a scheduler) at a
+size that trains and runs on a laptop CPU. It is trained from scratch on the
+shipped photos and the procedural scenes of :mod:`stylekit.synth`:
+
+    python -m stylekit.tiny train            # autoencoder, then UNet + text encoder
+    python -m stylekit.tiny card             # figures and grid for the model card
+
+Training writes periodic checkpoints and resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+from tokenizers import pre_tokenizers
+from tokenizers.trainers import BpeTrainer
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from . import synth
+from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, rng_state, restore_rng, save_checkpoint
+from .data import load_photos
+
+__all__ = ["PretrainConfig", "TINY_MODEL_DIR", "build_tokenizer", "build_vae", "build_unet", "build_text_encoder", "pretrain"]
+
+TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# Words the later notebooks use in prompts, so that they are whole tokens.
+EXTRA_WORDS = "style anime watercolor oil painting pencil sketch 3d clay render cel shading drawing art photo portrait landscape picture"
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of a pretraining run (all recorded next to the result)."""
+
+    resolution: int = 64
+    scene_count: int = 4000
+    crops_per_photo: int = 300
+    vae_steps: int = 5000
+    vae_batch: int = 16
+    vae_crop: int = 32  # the autoencoder is fully convolutional: it trains on crops, runs on full images
+    vae_lr: float = 1e-3
+    unet_steps: int = 5000
+    unet_batch: int = 32
+    unet_lr: float = 5e-4
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 250
+    seed: int = 0
+    vocab_size: int = 1024
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    text_width: int = 64
+    text_layers: int = 2
+    max_tokens: int = 32
+    extra_words: str = field(default=EXTRA_WORDS)
+
+
+# ---------------------------------------------------------------------------
+# Architecture
+# ---------------------------------------------------------------------------
+
+
+def build_tokenizer(captions: list[str], vocab_size: int, max_tokens: int) -> CLIPTokenizer:
+    """Train a byte-level BPE vocabulary (CLIP's format) on ``captions``, offline."""
+    tokenizer = CLIPTokenizer(vocab={BOS: 0, EOS: 1}, merges=[])
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend = tokenizer.backend_tokenizer
+    backend.train_from_iterator(captions, trainer)
+    vocab = backend.get_vocab()
+    merges = [tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):  # any text stays encodable
+        for token in (char, char + "</w>"):
+            vocab.setdefault(token, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)
+
+
+def build_vae(config: PretrainConfig) -> AutoencoderKL:
+    levels = len(config.vae_channels)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=config.resolution,
+        mid_block_add_attention=False,
+    )
+
+
+def build_unet(config: PretrainConfig) -> UNet2DConditionModel:
+    factor = 2 ** (len(config.vae_channels) - 1)
+    return UNet2DConditionModel(
+        sample_size=config.resolution // factor,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=config.unet_channels,
+        # attention at the two coarser levels only, which keeps a CPU training step cheap
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=config.text_width,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
+
+
+def build_text_encoder(config: PretrainConfig, vocab_size: int) -> CLIPTextModel:
+    text_config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.text_width,
+        intermediate_size=config.text_width * 4,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=4,
+        max_position_embeddings=config.max_tokens,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(text_config)
+
+
+def training_scheduler() -> DDPMScheduler:
+    """Stable Diffusion's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def _random_crops(image: Image.Image, count: int, size: int, rng: np.random.Generator) -> list[Image.Image]:
+    """Square crops of 30-100 % of the short side, resized to ``size``, some mirrored."""
+    w, h = image.size
+    crops = []
+    for _ in range(count):
+        side = int(min(w, h) * rng.uniform(0.3, 1.0))
+        x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+        crop = image.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS)
+        crops.append(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
+    return crops
+
+
+def training_pool(config: PretrainConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """All training images (uint8, N x 3 x H x W), their captions, and a photo mask.
+
+    Only the photos marked ``train`` are used; held-out photos never are.
+    """
+    rng = np.random.default_rng(config.seed)
+    images, captions, is_photo = [], [], []
+    for photo in load_photos(split="train"):
+        for crop in _random_crops(photo.image, config.crops_per_photo, config.resolution, rng):
+            images.append(crop)
+            captions.append(photo.caption)
+            is_photo.append(True)
+    for scene in synth.make_scenes(config.scene_count, config.resolution, seed=config.seed):
+        images.append(scene.image)
+        captions.append(scene.caption)
+        is_photo.append(False)
+    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images])).permute(0, 3, 1, 2).contiguous()
+    return pixels, captions, torch.tensor(is_photo)
+
+
+def data_hash(pixels: torch.Tensor, captions: list[str]) -> str:
+    digest = hashlib.sha256(pixels.numpy().tobytes())
+    digest.update("\n".join(captions).encode())
+    return digest.hexdigest()[:16]
+
+
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------
+# Training stages
+# ---------------------------------------------------------------------------
+
+
+def _step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    """A generator that depends only on (seed, stage, step): batches and noise replay exactly after a resume."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
+
+
+def _save_stage(path: Path, modules: dict[str, torch.nn.Module], optimizer, step: int, losses: list[float]) -> None:
+    tensors = {f"{name}.{k}": v for name, module in modules.items() for k, v in module.state_dict().items()}
+    optim_tensors, optim_meta = optimizer_state(optimizer)
+    rng_tensors, rng_meta = rng_state()
+    save_checkpoint(path, {**tensors, **optim_tensors, **rng_tensors}, {"step": step, "optimizer": optim_meta, "rng": rng_meta, "losses": losses})
+
+
+def _resume_stage(path: Path, modules: dict[str, torch.nn.Module], optimizer) -> tuple[int, list[float]]:
+    if not path.exists():
+        return 0, []
+    tensors, state = load_checkpoint(path)
+    for name, module in modules.items():
+        prefix = name + "."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    restore_optimizer(optimizer, tensors, state["optimizer"])
+    restore_rng(tensors, state["rng"])
+    return state["step"], state["losses"]
+
+
+def _photo_biased_batch(is_photo: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices with half the batch from photos, half from scenes (photos are what users bring)."""
+    photos, scenes = torch.nonzero(is_photo).flatten(), torch.nonzero(~is_photo).flatten()
+    half = batch // 2
+    pick_p = photos[torch.randint(len(photos), (half,), generator=generator)]
+    pick_s = scenes[torch.randint(len(scenes), (batch - half,), generator=generator)]
+    return torch.cat([pick_p, pick_s])
+
+
+def train_vae(vae: AutoencoderKL, pixels, is_photo, config: PretrainConfig, work: Path) -> list[float]:
+    """Stage 1: the autoencoder, with an L2 + L1 reconstruction loss and a tiny KL term."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    ckpt = work / "vae_state.safetensors"
+    start, losses = _resume_stage(ckpt, {"vae": vae}, optimizer)
+    vae.train()
+    bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="autoencoder")
+    for step in bar:
+        generator = _step_generator(config.seed, 1, step)
+        _set_lr(optimizer, config.vae_lr, step, config.vae_steps)
+        top, left = torch.randint(0, config.resolution - config.vae_crop + 1, (2,), generator=generator).tolist()
+        batch = pixels[_photo_biased_batch(is_photo, config.vae_batch, generator)]
+        x = to_model_range(batch[:, :, top : top + config.vae_crop, left : left + config.vae_crop])
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        loss = F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
+            _save_stage(ckpt, {"vae": vae}, optimizer, step + 1, losses)
+    vae.eval()
+    return losses
+
+
+def _set_lr(optimizer, base_lr: float, step: int, total: int, warmup: int = 100) -> None:
+    """Linear warmup, then cosine decay to 10 % of ``base_lr``."""
+    if step < warmup:
+        lr = base_lr * (step + 1) / warmup
+    else:
+        progress = (step - warmup) / max(1, total - warmup)
+        lr = base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Posterior means of ``pixels`` (unscaled)."""
+    return torch.cat([vae.encode(to_model_range(pixels[i : i + batch])).latent_dist.mean for i in range(0, len(pixels), batch)])
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: PretrainConfig, work: Path) -> list[float]:
+    """Stage 2: UNet and text encoder together, epsilon prediction, with caption dropout for guidance."""
+    scheduler = training_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
+    ckpt = work / "unet_state.safetensors"
+    modules = {"unet": unet, "text_encoder": text_encoder}
+    start, losses = _resume_stage(ckpt, modules, optimizer)
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(range(start, config.unet_steps), initial=start, total=config.unet_steps, desc="unet")
+    for step in bar:
+        generator = _step_generator(config.seed, 2, step)
+        _set_lr(optimizer, config.unet_lr, step, config.unet_steps)
+        index = torch.randint(len(latents), (config.unet_batch,), generator=generator)
+        ids = token_ids[index].clone()
+        dropped = torch.rand(config.unet_batch, generator=generator) < config.caption_dropout
+        ids[dropped] = empty_ids
+        x0 = latents[index]
+        flip = torch.rand(config.unet_batch, generator=generator) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.unet_batch,), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, t)
+        states = text_encoder(ids).last_hidden_state
+        pred = unet(noisy, t, encoder_hidden_states=states).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
+            _save_stage(ckpt, modules, optimizer, step + 1, losses)
+    unet.eval()
+    text_encoder.eval()
+    return losses
+
+
+def assemble_pipeline(vae, unet, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler().config)
+    return StableDiffusionPipeline(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def pretrain(out: Path, work: Path, config: PretrainConfig) -> StableDiffusionPipeline:
+    """Train the tiny model from scratch (resuming from ``work`` if a run was interrupted) and save it to ``out``."""
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    started = time.time()
+    pixels, captions, is_photo = training_pool(config)
+    digest = data_hash(pixels, captions)
+    _check_same_run(work, config, digest)
+    tokenizer = build_tokenizer(captions + [config.extra_words] * 5, config.vocab_size, config.max_tokens)
+    vae, unet, text_encoder = build_vae(config), build_unet(config), build_text_encoder(config, len(tokenizer))
+
+    vae_losses = train_vae(vae, pixels, is_photo, config, work)
+    latents = encode_latents(vae, pixels)
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    latents = latents * vae.config.scaling_factor
+    token_ids = tokenize(tokenizer, captions)
+    empty_ids = tokenize(tokenizer, [""])[0]
+    unet_losses = train_unet(unet, text_encoder, latents, token_ids, empty_ids, config, work)
+
+    pipe = assemble_pipeline(vae, unet, text_encoder, tokenizer)
+    _save_fp16(pipe, out)
+    record = {
+        "config": asdict(config),
+        "data_hash": digest,
+        "images": len(pixels),
+        "photos_used": [p.file_name for p in load_photos(split="train")],
+        "final_vae_loss": float(np.mean(vae_losses[-100:])),
+        "final_unet_loss": float(np.mean(unet_losses[-100:])),
+        "scaling_factor": vae.config.scaling_factor,
+        "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in {"vae": vae, "unet": unet, "text_encoder": text_encoder}.items()},
+        "train_seconds_this_session": round(time.time() - started, 1),
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+    np.save(work / "losses_vae.npy", np.array(vae_losses))
+    np.save(work / "losses_unet.npy", np.array(unet_losses))
+    return pipe
+
+
+def _check_same_run(work: Path, config: PretrainConfig, digest: str) -> None:
+    """Refuse to resume checkpoints made with other settings or data."""
+    stamp = work / "run.json"
+    current = {"config": asdict(config), "data_hash": digest}
+    if stamp.exists():
+        previous = json.loads(stamp.read_text())
+        if json.loads(json.dumps(current)) != previous:
+            raise RuntimeError(f"{work} holds checkpoints of a run with other settings or data; pass a fresh --work folder or delete it")
+    else:
+        stamp.write_text(json.dumps(current, indent=2))
+
+
+def _save_fp16(pipe: StableDiffusionPipeline, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    pipe.to(torch.float32)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stylekit.tiny", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="pretrain the tiny model (resumes from --work)")
+    train.add_argument("--out", type=Path, default=TINY_MODEL_DIR, help="where the finished pipeline is saved (default: the package's tiny_model)")
+    train.add_argument("--work", type=Path, default=Path("outputs/tiny_pretrain"), help="checkpoints and logs")
+    for name, value in asdict(PretrainConfig()).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            train.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    card = sub.add_parser("card", help="measure the model and write its model card")
+    card.add_argument("--model", type=Path, default=TINY_MODEL_DIR)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        overrides = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__}
+        pretrain(args.out, args.work, PretrainConfig(**overrides))
+    else:
+        from .tiny_card import write_model_card
+
+        write_model_card(args.model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Measure the tiny model on held-out data and write its model card.
+
+    python -m stylekit.tiny card
+
+Figures (all on data never used in training): autoencoder PSNR on the
+held-out photos; UNet denoising loss with the right captions against
+shuffled captions; SSIM kept by img2img at denoising strength 0.5; load and
+img2img times on this machine. Writes ``README.md``, ``figures.json`` and two
+image grids into the model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from . import synth
+from .data import load_photos
+from .models import as_task, load_pipeline
+from .plots import image_grid
+from .profiles import PROFILES
+from .tiny import PretrainConfig, to_model_range, tokenize, training_scheduler
+
+__all__ = ["measure", "write_model_card"]
+
+HELD_OUT_SCENE_SEED = 1_000_000  # far beyond the seeds used for training
+PROMPTS = [
+    "a red house and two trees on green hills under a blue sky, with the sun",
+    "a landscape on snowy hills under a night sky, with the moon, mountains",
+    "two trees on sand dunes under a sunset sky, with the sea",
+    "a photo of an astronaut in front of a flag",
+]
+
+
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """The largest centred square of ``image``, resized to ``size``."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+@torch.no_grad()
+def reconstruct(pipe, image: Image.Image) -> Image.Image:
+    x = to_model_range(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].contiguous())
+    decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    return Image.fromarray(((decoded[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+
+
+@torch.no_grad()
+def denoising_loss(pipe, images: list[Image.Image], captions: list[str], draws: int = 64) -> float:
+    """Mean epsilon-prediction MSE over fixed timesteps and noise (same draws for any captions)."""
+    scheduler = training_scheduler()
+    x = torch.stack([to_model_range(torch.from_numpy(np.asarray(im)).permute(2, 0, 1).contiguous()) for im in images])
+    latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    states = pipe.text_encoder(tokenize(pipe.tokenizer, captions)).last_hidden_state
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(draws):
+        t = torch.randint(0, 1000, (len(images),), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        pred = pipe.unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=states).sample
+        losses.append(torch.mean((pred - noise) ** 2).item())
+    return float(np.mean(losses))
+
+
+def measure(model_dir: Path) -> tuple[dict, dict[str, list[Image.Image]]]:
+    """All model-card figures, plus the images behind them."""
+    size = PretrainConfig().resolution
+    start = time.perf_counter()
+    pipe = load_pipeline(model_dir, device="cpu")
+    load_seconds = time.perf_counter() - start
+    defaults = PROFILES["tiny"].inference
+
+    photos = load_photos(split="held_out")
+    originals = [center_square(p.image, size) for p in photos]
+    recons = [reconstruct(pipe, im) for im in originals]
+    psnrs = [psnr(_as_array(a), _as_array(b)) for a, b in zip(originals, recons)]
+
+    scenes = synth.make_scenes(32, size, seed=HELD_OUT_SCENE_SEED)
+    scene_images, scene_captions = [s.image for s in scenes], [s.caption for s in scenes]
+    shuffled = scene_captions[1:] + scene_captions[:1]
+    photo_captions = [p.caption for p in photos]
+
+    stylized, times, ssims = [], [], []
+    for image, caption in zip(originals, photo_captions):
+        t0 = time.perf_counter()
+        out = pipe(prompt=caption, image=image, strength=0.5, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(0)).images[0]
+        times.append(time.perf_counter() - t0)
+        stylized.append(out)
+        ssims.append(float(structural_similarity(_as_array(image), _as_array(out), channel_axis=2, data_range=1.0)))
+
+    figures = {
+        "autoencoder_psnr_db_held_out_photos": {p.file_name: round(v, 2) for p, v in zip(photos, psnrs)},
+        "autoencoder_psnr_db_mean": round(float(np.mean(psnrs)), 2),
+        "denoising_loss_held_out_scenes_right_captions": round(denoising_loss(pipe, scene_images, scene_captions), 4),
+        "denoising_loss_held_out_scenes_shuffled_captions": round(denoising_loss(pipe, scene_images, shuffled), 4),
+        "denoising_loss_held_out_scenes_empty_captions": round(denoising_loss(pipe, scene_images, [""] * len(scenes)), 4),
+        "denoising_loss_held_out_photos_right_captions": round(denoising_loss(pipe, originals, photo_captions), 4),
+        "denoising_loss_held_out_photos_swapped_captions": round(denoising_loss(pipe, originals, photo_captions[::-1]), 4),
+        "img2img_strength_0.5_ssim_held_out_photos": {p.file_name: round(v, 3) for p, v in zip(photos, ssims)},
+        "img2img_strength_0.5_ssim_mean": round(float(np.mean(ssims)), 3),
+        "load_seconds": round(load_seconds, 2),
+        "img2img_seconds_per_image": round(float(np.median(times)), 3),
+        "img2img_settings": {"steps": defaults.steps, "strength": 0.5, "guidance": defaults.guidance},
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+    }
+    txt2img = as_task(pipe, "txt2img")
+    samples = [
+        [txt2img(prompt, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(seed)).images[0] for seed in range(4)]
+        for prompt in PROMPTS
+    ]
+    images = {"originals": originals, "reconstructions": recons, "img2img": stylized, "samples": [im for row in samples for im in row]}
+    return figures, images
+
+
+def write_model_card(model_dir: Path) -> dict:
+    """Measure the model in ``model_dir`` and (re)write its README.md, figures.json and grids."""
+    model_dir = Path(model_dir)
+    figures, images = measure(model_dir)
+    (model_dir / "figures.json").write_text(json.dumps(figures, indent=2))
+    n = len(images["originals"])
+    photo_grid = image_grid([[images["originals"][i], images["reconstructions"][i], images["img2img"][i]] for i in range(n)], col_labels=["held-out photo", "autoencoder", "img2img 0.5"])
+    photo_grid.savefig(model_dir / "held_out.png", dpi=80)
+    samples = images["samples"]
+    sample_grid = image_grid([samples[i : i + 4] for i in range(0, len(samples), 4)], row_labels=[p[:28] + "..." for p in PROMPTS])
+    sample_grid.savefig(model_dir / "samples.png", dpi=80)
+    training = json.loads((model_dir / "training.json").read_text())
+    (model_dir / "README.md").write_text(_card_text(figures, training))
+    return figures
+
+
+def _card_text(figures: dict, training: dict) -> str:
+    config = training["config"]
+    params = training["parameters"]
+    f = figures
+    return f"""# stylekit tiny Stable Diffusion
+
+A Stable Diffusion pipeline (diffusers layout: `AutoencoderKL`, `UNet2DConditionModel`,
+CLIP text encoder and tokenizer, DPM-Solver++ scheduler) small enough to train and run
+on a laptop CPU. stylekit trained it from scratch, offline, with `python -m stylekit.tiny train`,
+on the shipped photos (held-out ones excluded) and {config['scene_count']} procedural scenes
+(`stylekit.synth`). It is the `tiny` profile's base model: `load_pipeline("tiny")`.
+
+- Resolution {config['resolution']} x {config['resolution']} px; autoencoder factor 4 (latents 4 x {config['resolution'] // 4} x {config['resolution'] // 4}).
+- Parameters: UNet {params['unet']:,}, autoencoder {params['vae']:,}, text encoder {params['text_encoder']:,} (stored in fp16).
+- Tokenizer: byte-level BPE in CLIP's format, trained on the captions (at most {config['vocab_size']} tokens), {config['max_tokens']} tokens per prompt.
+- Training: autoencoder {config['vae_steps']} steps (batch {config['vae_batch']}, {config['vae_crop']} px crops), then UNet and text encoder
+  {config['unet_steps']} steps (batch {config['unet_batch']}, caption dropout {config['caption_dropout']} for guidance); seed {config['seed']}; data hash `{training['data_hash']}`.
+  Final losses: autoencoder {training['final_vae_loss']:.4f}, UNet {training['final_unet_loss']:.4f}.
+
+## Figures on held-out data
+
+Measured by `python -m stylekit.tiny card` ({f['machine']}).
+
+| measure | value |
+| --- | --- |
+| autoencoder PSNR, held-out photos (target >= 23 dB) | {f['autoencoder_psnr_db_mean']} dB ({', '.join(f'{k}: {v}' for k, v in f['autoencoder_psnr_db_held_out_photos'].items())}) |
+| UNet denoising loss, held-out scenes, right captions | {f['denoising_loss_held_out_scenes_right_captions']} |
+| UNet denoising loss, held-out scenes, shuffled captions | {f['denoising_loss_held_out_scenes_shuffled_captions']} |
+| UNet denoising loss, held-out scenes, empty captions | {f['denoising_loss_held_out_scenes_empty_captions']} |
+| UNet denoising loss, held-out photos, right / swapped captions | {f['denoising_loss_held_out_photos_right_captions']} / {f['denoising_loss_held_out_photos_swapped_captions']} |
+| img2img at strength 0.5: SSIM to the held-out photo | {f['img2img_strength_0.5_ssim_mean']} ({', '.join(f'{k}: {v}' for k, v in f['img2img_strength_0.5_ssim_held_out_photos'].items())}) |
+| load time (`load_pipeline`) | {f['load_seconds']} s |
+| img2img time per image ({f['img2img_settings']['steps']} steps x strength 0.5, guidance {f['img2img_settings']['guidance']}) | {f['img2img_seconds_per_image']} s |
+
+Lower denoising loss with the right captions than with shuffled or empty ones means the text matters.
+
+![held-out photos: original, autoencoder reconstruction, img2img at 0.5](held_out.png)
+
+## What it can and cannot do
+
+![four seeds for each of four prompts](samples.png)
+
+It draws the coarse layout of the procedural scenes (sky colour, ground, water, sun or moon) from a
+caption and keeps a photo's composition through img2img. It cannot draw recognisable objects from
+photographs, and fine detail is limited by the {config['resolution']} px resolution. It exists so the course runs
+offline in minutes; switch the profile to `sd15` or `sdxl` for real results.
+
+## License
+
+The weights were trained by the stylekit project on data it may ship (see `data/LICENSES.md`) and are
+released under the project's MIT license.
+"""

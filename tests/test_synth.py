@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylekit import synth
+from stylekit.data import load_photos
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return load_photos(split="held_out")[0].image.resize((96, 64))
+
+
+def _array(image):
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _saturation(a):
+    return (a.max(-1) - a.min(-1)).mean()
+
+
+def _high_frequency(a):
+    gray = a.mean(-1)
+    return np.abs(np.diff(gray, axis=0)).mean() + np.abs(np.diff(gray, axis=1)).mean()
+
+
+def test_scenes_are_deterministic_and_varied():
+    a, b = synth.make_scene(7, 64), synth.make_scene(7, 64)
+    assert a.caption == b.caption and np.array_equal(_array(a.image), _array(b.image))
+    scenes = synth.make_scenes(40, 64)
+    assert len({s.caption for s in scenes}) > 30
+    assert all(s.image.size == (64, 64) and s.image.mode == "RGB" for s in scenes)
+    assert any("house" in s.caption for s in scenes) and any("lake" in s.caption or "sea" in s.caption for s in scenes)
+
+
+def test_scene_caption_matches_content():
+    night = next(s for s in synth.make_scenes(60, 64) if "night sky" in s.caption)
+    day = next(s for s in synth.make_scenes(60, 64) if "blue sky" in s.caption)
+    top = lambda s: _array(s.image)[:8].mean()  # noqa: E731
+    assert top(night) < top(day)
+
+
+@pytest.mark.parametrize("name", list(synth.STYLES))
+def test_filters_are_pure_deterministic_and_keep_shape(name, photo):
+    before = _array(photo).copy()
+    first, second = synth.apply_style(name, photo), synth.apply_style(name, photo)
+    assert np.array_equal(_array(photo), before)  # input untouched
+    assert first.size == photo.size and first.mode == "RGB"
+    assert np.array_equal(_array(first), _array(second))
+    assert np.abs(_array(first) - before).mean() > 0.02  # visibly changed
+
+
+def test_anime_has_flat_colours_and_dark_outlines(photo):
+    out = _array(synth.apply_style("anime", photo))
+    colours_in = len(np.unique(_array(photo).reshape(-1, 3), axis=0))
+    colours_out = len(np.unique(out.reshape(-1, 3), axis=0))
+    assert colours_out <= 16 < colours_in
+    assert (out.max(-1) < 0.15).mean() > 0.02  # outline pixels
+
+
+def test_pencil_sketch_has_no_colour_and_is_mostly_paper(photo):
+    out = _array(synth.apply_style("pencil_sketch", photo))
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    assert np.median(out) > 0.8
+
+
+def test_watercolor_is_lighter_and_softer(photo):
+    before, out = _array(photo), _array(synth.apply_style("watercolor", photo))
+    assert out.mean() > before.mean()
+    assert _high_frequency(out) < _high_frequency(before)
+
+
+def test_oil_painting_is_richer_and_flattened(photo):
+    before, out = _array(photo), _array(synth.apply_style("oil_painting", photo))
+    assert _saturation(out) > _saturation(before)
+    assert _high_frequency(out) < _high_frequency(before)
+
+
+def test_3d_is_lit_from_the_top_left():
+    disc = Image.new("RGB", (64, 64), (60, 60, 60))
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(disc).ellipse([16, 16, 48, 48], fill=(200, 200, 200))
+    out = _array(synth.apply_style("3d", disc)).mean(-1)
+    top_left_rim, bottom_right_rim = out[18:24, 18:24].mean(), out[40:46, 40:46].mean()
+    assert top_left_rim > bottom_right_rim + 0.1
+
+
+def test_unknown_style_is_a_clear_error(photo):
+    with pytest.raises(KeyError, match="unknown demo style"):
+        synth.apply_style("cubism", photo)

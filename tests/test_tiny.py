@@ -1,0 +1,65 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from safetensors.torch import load_file
+
+from stylekit.checkpoints import load_checkpoint
+from stylekit.tiny import PretrainConfig, build_tokenizer
+
+SMOKE = ["--scene-count", "24", "--crops-per-photo", "2", "--vae-steps", "4", "--vae-batch", "4", "--unet-steps", "40", "--unet-batch", "4", "--checkpoint-every", "5"]
+
+
+def _train(out, work):
+    cmd = [sys.executable, "-m", "stylekit.tiny", "train", "--out", str(out), "--work", str(work), *SMOKE]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _unet_weights(folder):
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_tokenizer_is_built_offline_in_clip_format():
+    tokenizer = build_tokenizer(["a red house by a lake"] * 5, vocab_size=300, max_tokens=16)
+    ids = tokenizer("a red house", padding="max_length", max_length=16).input_ids
+    assert len(ids) == 16 and ids[0] == tokenizer.bos_token_id
+    assert tokenizer.convert_ids_to_tokens(ids[1:4]) == ["a</w>", "red</w>", "house</w>"]
+    assert tokenizer.unk_token_id not in tokenizer("zebra ünïcode").input_ids[1:-1]  # any text stays encodable
+
+
+def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path):
+    straight = _train(tmp_path / "straight", tmp_path / "work_straight")
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()
+
+    victim = _train(tmp_path / "resumed", tmp_path / "work_resumed")
+    state_file = tmp_path / "work_resumed" / "unet_state.safetensors"
+    deadline = time.time() + 300
+    while not state_file.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    _, state = load_checkpoint(state_file)
+    assert 0 < state["step"] < 40, "the kill must land mid-run for this test to mean anything"
+
+    resumed = _train(tmp_path / "resumed", tmp_path / "work_resumed")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    a, b = _unet_weights(tmp_path / "straight"), _unet_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key].float().numpy(), b[key].float().numpy(), atol=1e-3, err_msg=key)
+
+    record = json.loads((tmp_path / "resumed" / "training.json").read_text())
+    assert record["data_hash"] and record["config"]["seed"] == PretrainConfig().seed
+    assert "chelsea.jpg" not in record["photos_used"]  # held-out photos never train anything
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    first = _train(tmp_path / "out", tmp_path / "work")
+    assert first.wait(timeout=600) == 0
+    cmd = [sys.executable, "-m", "stylekit.tiny", "train", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), *SMOKE, "--seed", "3"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "other settings or data" in result.stderr
