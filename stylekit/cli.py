@@ -4,6 +4,8 @@
     stylekit run                                    every notebook, in order, on the tiny profile
     stylekit run 02_lora_training -p profile sd15   one notebook with a parameter
     stylekit run -f params.yaml                     parameters from a YAML file
+    stylekit data check FOLDER                      validate a style dataset (exit 1 if unusable)
+    stylekit data demo                              build the demo style sets in outputs/datasets
 """
 
 from __future__ import annotations
@@ -123,6 +125,24 @@ def command_run(args) -> int:
     return 0
 
 
+def command_data_check(args) -> int:
+    from .data import check_dataset
+
+    report = check_dataset(args.folder, min_size=args.min_size)
+    print(report)
+    return 0 if report.usable else 1
+
+
+def command_data_demo(args) -> int:
+    from .data import build_demo_sets
+
+    out = args.out or outputs_dir() / "datasets"
+    folders = build_demo_sets(out, styles=args.styles, count=args.count, resolution=args.resolution, seed=args.seed)
+    for style, folder in folders.items():
+        print(f"{style:14s} {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylekit", description="Turn photographs into artistic styles with Stable Diffusion and style adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", type=Path, help="folder for the executed copies (default: outputs/runs/<timestamp>)")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     run.set_defaults(handler=command_run)
+
+    data = sub.add_parser("data", help="style datasets: check a folder, build the demo sets").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="report usable images, missing captions, duplicates and bad files")
+    check.add_argument("folder", type=Path)
+    check.add_argument("--min-size", type=int, default=64, help="smallest accepted side in pixels (default 64)")
+    check.set_defaults(handler=command_data_check)
+    demo = data.add_parser("demo", help="build one dataset per demo style from the shipped photos and scenes")
+    demo.add_argument("--out", type=Path, help="default: outputs/datasets")
+    demo.add_argument("--styles", nargs="+", help="default: all demo styles")
+    demo.add_argument("--count", type=int, default=32, help="images per style")
+    demo.add_argument("--resolution", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=command_data_demo)
     return parser
 
 

@@ -1,16 +1,55 @@
-"""Images with captions on disk: the shipped photos and style datasets."""
+"""Style datasets on disk: scanning, captions, validation, preparation, demo sets.
+
+A style dataset is a folder of images with captions, either a ``.txt`` file
+beside each image or a ``metadata.jsonl`` with ``file_name`` and ``text``
+(the Hugging Face imagefolder layout), and optionally a trigger word.
+
+    report = check_dataset("my_style/")       # what is usable, what is wrong, and why
+    dataset = prepare_dataset(report, resolution=64, trigger="anime")
+
+Source files are only ever read.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
-from dataclasses import dataclass
+import random
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import synth
 from .paths import PHOTOS_DIR
 
-__all__ = ["Photo", "load_photos"]
+__all__ = [
+    "DatasetReport",
+    "ImageProblem",
+    "Photo",
+    "PreparedDataset",
+    "Problem",
+    "ReportTable",
+    "Sample",
+    "build_demo_sets",
+    "check_dataset",
+    "load_photos",
+    "open_image",
+    "prepare_dataset",
+]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MAX_PIXELS = 64 * 1024 * 1024  # larger images are refused as possible decompression bombs
+METADATA = "metadata.jsonl"
+
+
+# ---------------------------------------------------------------------------
+# Shipped photos
+# ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -25,13 +64,397 @@ class Photo:
 
 def load_photos(split: str | None = None, folder: Path = PHOTOS_DIR) -> list[Photo]:
     """The photos listed in ``folder/metadata.jsonl``, optionally only one ``split``."""
-    metadata = folder / "metadata.jsonl"
+    metadata = folder / METADATA
     if not metadata.exists():
         raise FileNotFoundError(f"{metadata} is missing: the shipped photos come with the stylekit repository (clone it)")
     photos = []
     for line in metadata.read_text().splitlines():
         entry = json.loads(line)
         if split is None or entry["split"] == split:
-            image = Image.open(folder / entry["file_name"]).convert("RGB")
-            photos.append(Photo(entry["file_name"], entry["text"], entry["split"], image))
+            photos.append(Photo(entry["file_name"], entry["text"], entry["split"], open_image(folder / entry["file_name"])))
     return photos
+
+
+# ---------------------------------------------------------------------------
+# Reading one image safely
+# ---------------------------------------------------------------------------
+
+
+class ImageProblem(ValueError):
+    """An image file that cannot be used; the message says why."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; transparency is composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Read ``path`` as an upright 8-bit RGB image, or raise :class:`ImageProblem` saying why not.
+
+    Handles EXIF orientation, grayscale, RGBA, CMYK, 16-bit and palette images.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ImageProblem("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise ImageProblem(f"{image.width}x{image.height} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)")
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                return _to_rgb(upright)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageProblem(f"refused as a possible decompression bomb ({error})") from None
+        except UnidentifiedImageError:
+            raise ImageProblem("not an image: the content is not a recognised image format") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            if isinstance(error, ImageProblem):
+                raise
+            raise ImageProblem(f"unreadable or truncated image ({error})") from None
+
+
+# ---------------------------------------------------------------------------
+# Validation report
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one file: ``skipped`` ones are left out of the dataset."""
+
+    file: str
+    reason: str
+    skipped: bool = True
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A usable image and its caption (``None`` when it has none)."""
+
+    path: Path
+    caption: str | None
+    width: int
+    height: int
+    content_hash: str
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_dataset` found in a folder."""
+
+    folder: Path
+    images_found: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """True when at least one image can be trained on."""
+        return bool(self.samples)
+
+    @property
+    def missing_captions(self) -> list[str]:
+        return [p.file for p in self.problems if p.reason.startswith("no caption")]
+
+    @property
+    def duplicates(self) -> list[str]:
+        return [p.file for p in self.problems if p.reason.startswith("duplicate of")]
+
+    def summary(self) -> str:
+        skipped = sum(p.skipped for p in self.problems)
+        return (
+            f"{self.folder.name}: {self.images_found} image file(s), {len(self.samples)} usable, {skipped} skipped, "
+            f"{len(self.missing_captions)} without caption, {len(self.duplicates)} duplicate(s)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<DatasetReport {self.summary()}>"
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        lines += [f"  {'SKIPPED' if p.skipped else 'warning'}  {p.file}: {p.reason}" for p in self.problems]
+        if not self.usable:
+            lines.append("  no usable image: the dataset cannot be used")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(p.file)}</td><td>{'skipped' if p.skipped else 'warning'}</td><td>{html.escape(p.reason)}</td></tr>" for p in self.problems
+        )
+        table = f"<table><tr><th>file</th><th>status</th><th>reason</th></tr>{rows}</table>" if rows else "<p>no problems found</p>"
+        return f"<p><b>{html.escape(self.summary())}</b></p>{table}"
+
+
+class ReportTable:
+    """Several reports side by side (one row per dataset); renders as a table in notebooks."""
+
+    COLUMNS = ("dataset", "image files", "usable", "skipped", "without caption", "duplicates")
+
+    def __init__(self, reports: dict[str, DatasetReport]):
+        self.rows = [
+            (name, r.images_found, len(r.samples), sum(p.skipped for p in r.problems), len(r.missing_captions), len(r.duplicates))
+            for name, r in reports.items()
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join(" | ".join(str(v) for v in row) for row in [self.COLUMNS, *self.rows])
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{c}</th>" for c in self.COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in self.rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _read_metadata(folder: Path, report: DatasetReport) -> dict[str, str]:
+    """Captions from ``metadata.jsonl``, reporting malformed lines and bad references."""
+    captions: dict[str, str] = {}
+    metadata = folder / METADATA
+    if not metadata.exists():
+        return captions
+    root = folder.resolve()
+    for number, line in enumerate(metadata.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{METADATA} line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            report.problems.append(Problem(where, f"not valid JSON ({error.msg})"))
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) or not isinstance(entry.get("text"), str):
+            report.problems.append(Problem(where, 'needs a string "file_name" and a string "text"'))
+            continue
+        target = (folder / entry["file_name"]).resolve()
+        if not target.is_relative_to(root):
+            report.problems.append(Problem(where, f"file_name {entry['file_name']!r} points outside the dataset folder"))
+        elif not target.is_file():
+            report.problems.append(Problem(where, f"file_name {entry['file_name']!r} does not exist"))
+        else:
+            captions[target.relative_to(root).as_posix()] = entry["text"]
+    return captions
+
+
+def _content_hash(image: Image.Image) -> str:
+    return hashlib.sha256(image.tobytes()).hexdigest()[:16]
+
+
+def check_dataset(folder: str | Path, min_size: int = 64) -> DatasetReport:
+    """Scan ``folder`` (recursively) and report every image, caption and problem.
+
+    Unusable files are reported with their reason and skipped; nothing is modified.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+    report = DatasetReport(folder=folder)
+    captions = _read_metadata(folder, report)
+    seen: dict[str, str] = {}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for path in files:
+        name = path.relative_to(folder).as_posix()
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES:
+            if suffix == ".txt" and not any(path.with_suffix(s).exists() or path.with_suffix(s.upper()).exists() for s in IMAGE_SUFFIXES):
+                report.problems.append(Problem(name, "caption file without a matching image", skipped=False))
+            elif suffix not in (".txt", ".jsonl"):
+                report.problems.append(Problem(name, f"not an image file type ({suffix or 'no extension'}); ignored"))
+            continue
+        report.images_found += 1
+        try:
+            image = open_image(path)
+        except ImageProblem as error:
+            report.problems.append(Problem(name, str(error)))
+            continue
+        if min(image.size) < min_size:
+            report.problems.append(Problem(name, f"too small: {image.width}x{image.height}, under {min_size} px on a side"))
+            continue
+        digest = _content_hash(image)
+        if digest in seen:
+            report.problems.append(Problem(name, f"duplicate of {seen[digest]} (same pixels)"))
+            continue
+        seen[digest] = name
+        caption = _caption_for(path, name, captions, report)
+        report.samples.append(Sample(path, caption, image.width, image.height, digest))
+    return report
+
+
+def _caption_for(path: Path, name: str, captions: dict[str, str], report: DatasetReport) -> str | None:
+    if name in captions:
+        return captions[name]
+    text_file = path.with_suffix(".txt")
+    if text_file.exists():
+        return text_file.read_text(encoding="utf-8", errors="replace").strip()
+    report.problems.append(Problem(name, f"no caption (no {text_file.name} and no {METADATA} entry); trained with the trigger word only", skipped=False))
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Preparation for training
+# ---------------------------------------------------------------------------
+
+
+def bucket_sizes(resolution: int, step: int = 8, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """(width, height) pairs of about ``resolution**2`` pixels, multiples of ``step``, aspect up to ``max_ratio``."""
+    sizes = set()
+    for width in range(step, int(resolution * max_ratio) + 1, step):
+        height = int(round(resolution * resolution / width / step)) * step
+        if height >= step and max(width / height, height / width) <= max_ratio:
+            sizes.add((width, height))
+    return sorted(sizes)
+
+
+def _fit(image: Image.Image, width: int, height: int, crop: str, rng: random.Random) -> Image.Image:
+    """Resize to cover (width, height), then crop the centre or a random window."""
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.Resampling.LANCZOS)
+    if crop == "random":
+        left, top = rng.randint(0, resized.width - width), rng.randint(0, resized.height - height)
+    else:
+        left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+@dataclass
+class PreparedDataset(torch.utils.data.Dataset):
+    """Images at training size with caption handling; what the trainer consumes.
+
+    ``dataset[i]`` gives ``{"pixels": 3xHxW tensor in [-1, 1], "caption": str}``. Caption
+    dropout and tag shuffling draw from a generator seeded by ``seed`` and ``epoch``
+    (set ``dataset.epoch``), so a run is reproducible.
+    """
+
+    images: list[Image.Image]
+    captions: list[str]
+    trigger: str | None = None
+    caption_dropout: float = 0.0
+    shuffle_tags: bool = False
+    seed: int = 0
+    epoch: int = 0
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def caption(self, index: int) -> str:
+        """The caption of item ``index`` for the current epoch (trigger first, then tags)."""
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        caption = self.captions[index]
+        if self.shuffle_tags:
+            tags = [t.strip() for t in caption.split(",") if t.strip()]
+            rng.shuffle(tags)
+            caption = ", ".join(tags)
+        if self.caption_dropout and rng.random() < self.caption_dropout:
+            caption = ""
+        if self.trigger and not caption.startswith(self.trigger):
+            caption = f"{self.trigger}, {caption}" if caption else self.trigger
+        return caption
+
+    def __getitem__(self, index: int) -> dict:
+        array = np.asarray(self.images[index], dtype=np.float32) / 127.5 - 1.0
+        return {"pixels": torch.from_numpy(array).permute(2, 0, 1).contiguous(), "caption": self.caption(index)}
+
+    def buckets(self) -> dict[tuple[int, int], list[int]]:
+        """Item indices grouped by image size (one bucket per aspect ratio); batch within a bucket."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(self.images):
+            groups.setdefault(image.size, []).append(index)
+        return groups
+
+
+def prepare_dataset(
+    source: DatasetReport | str | Path,
+    resolution: int,
+    crop: str = "center",
+    buckets: bool = False,
+    trigger: str | None = None,
+    caption_dropout: float = 0.0,
+    shuffle_tags: bool = False,
+    seed: int = 0,
+) -> PreparedDataset:
+    """Resize and crop every usable image of a dataset for training.
+
+    Args:
+        source: a folder, or the report of :func:`check_dataset` on one.
+        resolution: side of the square training size (the profile's resolution).
+        crop: ``"center"`` or ``"random"`` (a seeded random window per image).
+        buckets: keep aspect ratios: each image goes to the closest bucket of about
+            ``resolution**2`` pixels instead of a square.
+        trigger: a word put first in every caption, e.g. ``"anime"``.
+        caption_dropout: probability of training an image with the trigger alone.
+        shuffle_tags: shuffle comma-separated tags in captions each epoch.
+    """
+    if crop not in ("center", "random"):
+        raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
+    report = source if isinstance(source, DatasetReport) else check_dataset(source, min_size=resolution // 2)
+    if not report.usable:
+        raise ValueError(f"{report.folder}: no usable image\n{report}")
+    sizes = bucket_sizes(resolution) if buckets else [(resolution, resolution)]
+    rng = random.Random(seed)
+    images, captions, names = [], [], []
+    for sample in report.samples:
+        image = open_image(sample.path)
+        aspect = image.width / image.height
+        width, height = min(sizes, key=lambda s: abs(np.log(s[0] / s[1]) - np.log(aspect)))
+        images.append(_fit(image, width, height, crop, rng))
+        captions.append(sample.caption or "")
+        names.append(sample.path.relative_to(report.folder).as_posix())
+    return PreparedDataset(images, captions, trigger, caption_dropout, shuffle_tags, seed, names=names)
+
+
+# ---------------------------------------------------------------------------
+# Demo style sets
+# ---------------------------------------------------------------------------
+
+
+def trigger_word(style: str) -> str:
+    """The word that calls a demo style in prompts: ``"oil_painting"`` -> ``"oil painting"``."""
+    return style.replace("_", " ")
+
+
+def demo_content(count: int, resolution: int, seed: int = 0) -> list[tuple[Image.Image, str]]:
+    """Content images with captions: a crop of each training photo, then procedural scenes."""
+    rng = random.Random(seed)
+    content = []
+    for photo in load_photos(split="train"):
+        content.append((_fit(photo.image, resolution, resolution, "random", rng), photo.caption))
+    scene_seed = 500_000 + seed  # away from the seeds the base model was pretrained on
+    content += [(s.image, s.caption) for s in synth.make_scenes(max(0, count - len(content)), resolution, seed=scene_seed)]
+    return content[:count]
+
+
+def build_demo_sets(out_dir: str | Path, styles: list[str] | None = None, count: int = 32, resolution: int = 64, seed: int = 0) -> dict[str, Path]:
+    """One style dataset per demo style: the style filter applied to the same content images.
+
+    Held-out photos are never used. Captions read ``"<trigger> style, <content caption>"``.
+    The same arguments give byte-identical files. Returns the folder of each style.
+    """
+    out_dir = Path(out_dir)
+    styles = styles or list(synth.STYLES)
+    content = demo_content(count, resolution, seed)
+    folders = {}
+    for style in styles:
+        folder = out_dir / style
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for index, (image, caption) in enumerate(content):
+            name = f"{index:03d}.png"
+            synth.apply_style(style, image).save(folder / name)
+            lines.append(json.dumps({"file_name": name, "text": f"{trigger_word(style)} style, {caption}"}))
+        (folder / METADATA).write_text("\n".join(lines) + "\n")
+        folders[style] = folder
+    return folders

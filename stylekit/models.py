@@ -12,9 +12,11 @@ without loading anything again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +27,9 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
+from transformers.utils import logging as transformers_logging
 
 from .profiles import PROFILES
 
@@ -102,15 +106,30 @@ def load_pipeline(
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype, prefer_bf16=is_xl)
     path = Path(source)
-    if path.suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}:
-        pipe = _load_single_file(path, torch_dtype, allow_pickle, config)
-    elif path.is_dir():
-        _check_diffusers_folder(path)
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle)
-    else:
-        pipe = _load_from_hub(str(source), torch_dtype, allow_pickle)
+    with _quiet_loading():
+        if path.suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}:
+            pipe = _load_single_file(path, torch_dtype, allow_pickle, config)
+        elif path.is_dir():
+            _check_diffusers_folder(path)
+            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle)
+        else:
+            pipe = _load_from_hub(str(source), torch_dtype, allow_pickle)
     pipe.set_progress_bar_config(disable=True)
     return as_task(pipe.to(target), task)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No per-component progress bars or dtype-argument deprecation notes while loading (downloads keep theirs)."""
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
 
 
 def _resolve(model) -> tuple[str | Path, bool]:
@@ -118,8 +137,11 @@ def _resolve(model) -> tuple[str | Path, bool]:
     name = str(model)
     if name in PROFILES:
         profile = PROFILES[name]
-        source = tiny_model_dir() if profile.base_model == "embedded" else profile.base_model
-        return source, profile.pipeline == "sdxl"
+        if profile.base_model != "embedded":
+            return profile.base_model, profile.pipeline == "sdxl"
+        if not (tiny_model_dir() / "model_index.json").exists():
+            raise ModelLoadError(f"the embedded tiny model is missing from {tiny_model_dir()}: reinstall stylekit, or retrain it with `python -m stylekit.tiny train`")
+        return tiny_model_dir(), False
     path = Path(name)
     if path.exists():
         return path, False

@@ -1,0 +1,188 @@
+import hashlib
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylekit import synth
+from stylekit.cli import main
+from stylekit.data import build_demo_sets, check_dataset, open_image, prepare_dataset
+
+
+def _png_header_only(path, width, height):
+    """A valid PNG that claims width x height pixels but holds almost nothing (a decompression bomb's header)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def _photo(size=(96, 80), seed=0):
+    rng = np.random.default_rng(seed)
+    base = synth.make_scene(seed, 96).image.resize(size)
+    noise = rng.integers(0, 20, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(np.clip(np.asarray(base, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    """A dataset folder holding one of every kind of good, odd and bad file."""
+    folder = tmp_path / "messy style"
+    folder.mkdir()
+    _photo(seed=1).save(folder / "good.png")
+    (folder / "good.txt").write_text("a house by a lake")
+    # odd but valid: must be normalised
+    rotated = _photo((80, 96), seed=2)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    rotated.save(folder / "exif_rotated.jpg", exif=exif.tobytes())
+    _photo(seed=3).convert("L").save(folder / "gray.png")
+    rgba = _photo(seed=4).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "rgba.png")
+    _photo(seed=5).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((np.asarray(_photo(seed=6).convert("L"), dtype=np.uint16) * 257)).save(folder / "sixteen_bit.png")
+    _photo(seed=7).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    _photo(seed=8).save(folder / "café photo ü.png")
+    (folder / "café photo ü.txt").write_text("a unicode name")
+    # bad ones
+    full = folder / "truncated.jpg"
+    _photo(seed=9).save(full, quality=95)
+    full.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    (folder / "not_an_image.png").write_text("this is text, not a PNG")
+    (folder / "empty.jpg").write_bytes(b"")
+    _png_header_only(folder / "bomb.png", 60_000, 60_000)
+    _photo(seed=1).save(folder / "good_copy.png")  # same pixels as good.png
+    _photo((40, 30), seed=10).save(folder / "tiny.png")
+    (folder / "notes.docx").write_bytes(b"PK\x03\x04")
+    (folder / "orphan.txt").write_text("a caption whose image is gone")
+    lines = [
+        json.dumps({"file_name": "gray.png", "text": "a grey scene"}),
+        "{this is not json",
+        json.dumps({"file_name": "../outside.png", "text": "escape"}),
+        json.dumps({"file_name": "missing.png", "text": "gone"}),
+        json.dumps({"file_name": "rgba.png"}),
+    ]
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    _photo(seed=11).save(tmp_path / "outside.png")
+    return folder
+
+
+def _snapshot(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_check_reports_every_bad_file_and_keeps_the_good_ones(messy_folder):
+    before = _snapshot(messy_folder)
+    report = check_dataset(messy_folder)
+    reasons = {p.file: p.reason for p in report.problems}
+    usable = {s.path.name for s in report.samples}
+    assert usable == {"good.png", "exif_rotated.jpg", "gray.png", "rgba.png", "cmyk.jpg", "sixteen_bit.png", "palette.png", "café photo ü.png"}
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not an image" in reasons["not_an_image.png"]
+    assert "empty file" in reasons["empty.jpg"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    assert "duplicate of good.png" in reasons["good_copy.png"]
+    assert "too small" in reasons["tiny.png"]
+    assert "not an image file type" in reasons["notes.docx"]
+    assert "without a matching image" in reasons["orphan.txt"]
+    assert "not valid JSON" in reasons["metadata.jsonl line 2"]
+    assert "outside the dataset folder" in reasons["metadata.jsonl line 3"]
+    assert "does not exist" in reasons["metadata.jsonl line 4"]
+    assert "file_name" in reasons["metadata.jsonl line 5"]
+    assert set(report.missing_captions) == {"exif_rotated.jpg", "rgba.png", "cmyk.jpg", "sixteen_bit.png", "palette.png"}
+    captions = {s.path.name: s.caption for s in report.samples}
+    assert captions["gray.png"] == "a grey scene" and captions["café photo ü.png"] == "a unicode name"
+    assert _snapshot(messy_folder) == before  # byte-identical: nothing was modified
+
+
+def test_odd_images_are_normalised(messy_folder):
+    rotated = open_image(messy_folder / "exif_rotated.jpg")
+    assert rotated.size == (96, 80)  # EXIF orientation applied: stored 80x96
+    for name in ["gray.png", "rgba.png", "cmyk.jpg", "sixteen_bit.png", "palette.png"]:
+        image = open_image(messy_folder / name)
+        assert image.mode == "RGB"
+        assert 40 < np.asarray(image).mean() < 250, name
+    sixteen = np.asarray(open_image(messy_folder / "sixteen_bit.png"))
+    assert sixteen.max() > 128  # scaled down from 16 bits, not clipped to white or black
+
+
+def test_cli_check_prints_report_and_exit_status(messy_folder, tmp_path, capsys):
+    before = _snapshot(messy_folder)
+    assert main(["data", "check", str(messy_folder)]) == 0
+    out = capsys.readouterr().out
+    for name in ["truncated.jpg", "not_an_image.png", "empty.jpg", "bomb.png", "good_copy.png", "tiny.png", "metadata.jsonl line 2"]:
+        assert name in out
+    assert _snapshot(messy_folder) == before
+    hopeless = tmp_path / "hopeless"
+    hopeless.mkdir()
+    (hopeless / "a.jpg").write_bytes(b"")
+    assert main(["data", "check", str(hopeless)]) == 1
+    assert "no usable image" in capsys.readouterr().out
+
+
+def test_prepare_center_crop_trigger_and_caption_options(messy_folder):
+    dataset = prepare_dataset(messy_folder, resolution=64, trigger="anime")
+    assert len(dataset) == 8
+    item = dataset[0]
+    assert item["pixels"].shape == (3, 64, 64) and -1.0 <= item["pixels"].min() and item["pixels"].max() <= 1.0
+    assert all(dataset.caption(i).startswith("anime") for i in range(len(dataset)))
+    dropped = prepare_dataset(messy_folder, resolution=64, trigger="anime", caption_dropout=1.0)
+    assert {dropped.caption(i) for i in range(len(dropped))} == {"anime"}
+
+
+def test_tag_shuffling_keeps_tags_and_trigger_first(tmp_path):
+    folder = tmp_path / "tags"
+    folder.mkdir()
+    _photo().save(folder / "a.png")
+    (folder / "a.txt").write_text("red, blue, green, yellow, purple")
+    dataset = prepare_dataset(folder, resolution=64, trigger="sks", shuffle_tags=True)
+    orders = set()
+    for epoch in range(8):
+        dataset.epoch = epoch
+        caption = dataset.caption(0)
+        assert caption.startswith("sks, ")
+        orders.add(caption)
+        assert sorted(caption.split(", ")[1:]) == ["blue", "green", "purple", "red", "yellow"]
+    assert len(orders) > 1
+
+
+def test_random_crop_is_seeded_and_buckets_keep_aspect(tmp_path):
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    _photo((192, 96), seed=1).save(folder / "wide.png")
+    _photo((96, 192), seed=2).save(folder / "tall.png")
+    _photo((128, 128), seed=3).save(folder / "square.png")
+    a = prepare_dataset(folder, resolution=64, crop="random", seed=5)
+    b = prepare_dataset(folder, resolution=64, crop="random", seed=5)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.images, b.images))
+    bucketed = prepare_dataset(folder, resolution=64, buckets=True)
+    sizes = dict(zip(bucketed.names, (im.size for im in bucketed.images)))
+    assert sizes["wide.png"][0] > sizes["wide.png"][1] and sizes["tall.png"][1] > sizes["tall.png"][0]
+    assert sizes["square.png"] == (64, 64)
+    for width, height in sizes.values():
+        assert width % 8 == 0 and height % 8 == 0 and abs(width * height - 64 * 64) / (64 * 64) < 0.15
+    assert sum(len(v) for v in bucketed.buckets().values()) == 3
+
+
+def test_prepare_refuses_an_unusable_folder(tmp_path):
+    (tmp_path / "x.png").write_text("nope")
+    with pytest.raises(ValueError, match="no usable image"):
+        prepare_dataset(tmp_path, resolution=64)
+
+
+def test_demo_sets_are_reproducible_and_valid(tmp_path):
+    first = build_demo_sets(tmp_path / "a", styles=["anime", "pencil_sketch"], count=12)
+    second = build_demo_sets(tmp_path / "b", styles=["anime", "pencil_sketch"], count=12)
+    for style in first:
+        assert _snapshot(first[style]) == _snapshot(second[style])
+        report = check_dataset(first[style])
+        assert len(report.samples) == 12 and not report.problems
+        assert all(s.caption.startswith(f"{style.replace('_', ' ')} style, ") for s in report.samples)
+    captions = [s.caption for s in check_dataset(first["anime"]).samples]
+    assert not any("cat" in c or "coffee" in c for c in captions)  # held-out photos never used
