@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-__all__ = ["atomic_write", "load_checkpoint", "optimizer_state", "restore_optimizer", "rng_state", "restore_rng", "save_checkpoint"]
+__all__ = ["atomic_write", "load_checkpoint", "optimizer_state", "restore_optimizer", "restore_rng", "rng_state", "save_checkpoint"]
 
 _META_KEY = "stylekit_state"
 
@@ -32,6 +32,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

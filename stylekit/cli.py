@@ -6,13 +6,17 @@
     stylekit run -f params.yaml                     parameters from a YAML file
     stylekit data check FOLDER                      validate a style dataset (exit 1 if unusable)
     stylekit data demo                              build the demo style sets in outputs/datasets
+    stylekit train DATASET --name NAME [options]    train one style adapter (also under `accelerate launch`)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import sys
+import types
+import typing
 from datetime import datetime
 from pathlib import Path
 
@@ -143,6 +147,33 @@ def command_data_demo(args) -> int:
     return 0
 
 
+def command_train(args) -> int:
+    from .train import TrainConfig, train_adapter
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    result = train_adapter(config)
+    for kind, path in result.files.items():
+        print(f"{kind:10s} {path}")
+    return 0
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
+    """One ``--option`` per dataclass field; unset options keep the dataclass default (``None`` = profile default)."""
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        if item.name in skip:
+            continue
+        kind = hints[item.name]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        flag = "--" + item.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif kind in (int, float, str):
+            parser.add_argument(flag, type=kind, default=None, help=f"default: {item.default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylekit", description="Turn photographs into artistic styles with Stable Diffusion and style adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resolution", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=command_data_demo)
+
+    from .train import TrainConfig
+
+    train = sub.add_parser("train", help="train one style adapter on a dataset folder (see stylekit.train.TrainConfig)")
+    train.add_argument("dataset", help="dataset folder")
+    train.add_argument("--name", required=True, help="style name; results go to outputs/loras/NAME")
+    _add_dataclass_options(train, TrainConfig, skip={"name", "dataset"})
+    train.set_defaults(handler=command_train)
     return parser
 
 

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import synth
 from .paths import PHOTOS_DIR
+from .plots import Table
 
 __all__ = [
     "DatasetReport",
@@ -33,13 +34,14 @@ __all__ = [
     "Photo",
     "PreparedDataset",
     "Problem",
-    "ReportTable",
     "Sample",
     "build_demo_sets",
+    "center_square",
     "check_dataset",
     "load_photos",
     "open_image",
     "prepare_dataset",
+    "report_table",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -73,6 +75,14 @@ def load_photos(split: str | None = None, folder: Path = PHOTOS_DIR) -> list[Pho
         if split is None or entry["split"] == split:
             photos.append(Photo(entry["file_name"], entry["text"], entry["split"], open_image(folder / entry["file_name"])))
     return photos
+
+
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """The largest centred square of ``image``, resized to ``size`` (how held-out photos are evaluated)."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
 
 
 # ---------------------------------------------------------------------------
@@ -198,26 +208,11 @@ class DatasetReport:
         return f"<p><b>{html.escape(self.summary())}</b></p>{table}"
 
 
-class ReportTable:
-    """Several reports side by side (one row per dataset); renders as a table in notebooks."""
-
-    COLUMNS = ("dataset", "image files", "usable", "skipped", "without caption", "duplicates")
-
-    def __init__(self, reports: dict[str, DatasetReport]):
-        self.rows = [
-            (name, r.images_found, len(r.samples), sum(p.skipped for p in r.problems), len(r.missing_captions), len(r.duplicates))
-            for name, r in reports.items()
-        ]
-
-    def __str__(self) -> str:
-        return "\n".join(" | ".join(str(v) for v in row) for row in [self.COLUMNS, *self.rows])
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th>{c}</th>" for c in self.COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in self.rows)
-        return f"<table><tr>{head}</tr>{body}</table>"
+def report_table(reports: dict[str, DatasetReport]) -> Table:
+    """Several reports side by side, one row per dataset."""
+    columns = ("dataset", "image files", "usable", "skipped", "without caption", "duplicates")
+    rows = [(name, r.images_found, len(r.samples), sum(p.skipped for p in r.problems), len(r.missing_captions), len(r.duplicates)) for name, r in reports.items()]
+    return Table(columns, rows)
 
 
 def _read_metadata(folder: Path, report: DatasetReport) -> dict[str, str]:

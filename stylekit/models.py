@@ -33,7 +33,7 @@ from transformers.utils import logging as transformers_logging
 
 from .profiles import PROFILES
 
-__all__ = ["ModelLoadError", "PICKLE_SUFFIXES", "as_task", "export_single_file", "load_pipeline", "pick_device", "pick_dtype", "tiny_model_dir"]
+__all__ = ["PICKLE_SUFFIXES", "ModelLoadError", "as_task", "export_single_file", "load_pipeline", "pick_device", "pick_dtype", "quiet_loading", "tiny_model_dir", "tokenize"]
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 TASKS = {"img2img": AutoPipelineForImage2Image, "txt2img": AutoPipelineForText2Image}
@@ -73,11 +73,18 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto", prefer_b
     return torch.float32
 
 
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids of ``captions``, padded to the tokenizer's full length (what Stable Diffusion's text encoder expects)."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
 def as_task(pipe: DiffusionPipeline, task: str) -> DiffusionPipeline:
     """The same loaded components as a txt2img or img2img pipeline (nothing is reloaded)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use 'img2img' or 'txt2img'")
-    return TASKS[task].from_pipe(pipe)
+    switched = TASKS[task].from_pipe(pipe)
+    switched.set_progress_bar_config(disable=True)
+    return switched
 
 
 def load_pipeline(
@@ -106,7 +113,7 @@ def load_pipeline(
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype, prefer_bf16=is_xl)
     path = Path(source)
-    with _quiet_loading():
+    with quiet_loading():
         if path.suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}:
             pipe = _load_single_file(path, torch_dtype, allow_pickle, config)
         elif path.is_dir():
@@ -119,15 +126,18 @@ def load_pipeline(
 
 
 @contextlib.contextmanager
-def _quiet_loading():
-    """No per-component progress bars or dtype-argument deprecation notes while loading (downloads keep theirs)."""
+def quiet_loading():
+    """Loading without per-component progress bars, dtype-argument deprecation notes or info-level warnings."""
+    verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             yield
     finally:
+        diffusers_logging.set_verbosity(verbosity)
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
 
@@ -198,7 +208,7 @@ def _is_sdxl_checkpoint(path: Path) -> bool:
     if path.suffix.lower() != ".safetensors":
         return False
     with safe_open(str(path), framework="pt") as handle:
-        return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())
+        return any(key.startswith("conditioner.embedders.1.") for key in handle)
 
 
 def _load_from_hub(model_id: str, torch_dtype, allow_pickle: bool) -> DiffusionPipeline:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import io
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 from PIL import Image
 
-__all__ = ["image_grid", "show"]
+__all__ = ["Table", "image_grid", "loss_curve", "show"]
 
 
 def image_grid(
@@ -44,12 +46,52 @@ def image_grid(
     return fig
 
 
-def show(fig, quality: int = 85) -> None:
-    """Display ``fig`` inline as a JPEG and close it: image grids stay small in saved notebooks."""
+def loss_curve(losses: dict[str, Sequence[float]], smooth: int = 20, title: str = "training loss"):
+    """Loss per optimizer step for one or more runs: faint raw values and a moving average."""
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=72)
+    for name, values in losses.items():
+        values = np.asarray(values, dtype=float)
+        line = ax.plot(values, alpha=0.25)[0]
+        if len(values) >= smooth:
+            average = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(np.arange(smooth - 1, len(values)), average, color=line.get_color(), label=name)
+        else:
+            line.set_label(name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def show(fig, format: str = "jpeg", quality: int = 85) -> None:
+    """Display ``fig`` inline and close it: JPEG keeps image grids small in saved notebooks; use PNG for charts."""
     from IPython.display import Image as InlineImage
     from IPython.display import display
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="jpeg", dpi=fig.dpi, pil_kwargs={"quality": quality})
+    options = {"pil_kwargs": {"quality": quality}} if format == "jpeg" else {}
+    fig.savefig(buffer, format=format, dpi=fig.dpi, **options)
     plt.close(fig)
     display(InlineImage(buffer.getvalue()))
+
+
+class Table:
+    """Rows under named columns; an HTML table in notebooks, aligned text elsewhere."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence]):
+        self.columns = list(columns)
+        self.rows = [list(row) for row in rows]
+
+    def __str__(self) -> str:
+        cells = [self.columns] + [[str(v) for v in row] for row in self.rows]
+        widths = [max(len(str(row[i])) for row in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in self.rows)
+        return f"<table><tr>{head}</tr>{body}</table>"

@@ -48,7 +48,7 @@ class Profile:
     train: TrainDefaults = field(default_factory=TrainDefaults)
     inference: InferenceDefaults = field(default_factory=InferenceDefaults)
 
-    def with_train(self, **changes) -> "Profile":
+    def with_train(self, **changes) -> Profile:
         """A copy with some training defaults changed."""
         return replace(self, train=replace(self.train, **changes))
 

@@ -33,10 +33,11 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from . import synth
-from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, rng_state, restore_rng, save_checkpoint
+from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import load_photos
+from .models import tokenize
 
-__all__ = ["PretrainConfig", "TINY_MODEL_DIR", "build_tokenizer", "build_vae", "build_unet", "build_text_encoder", "pretrain"]
+__all__ = ["TINY_MODEL_DIR", "PretrainConfig", "build_text_encoder", "build_tokenizer", "build_unet", "build_vae", "pretrain"]
 
 TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -275,10 +276,6 @@ def _set_lr(optimizer, base_lr: float, step: int, total: int, warmup: int = 100)
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """Posterior means of ``pixels`` (unscaled)."""
     return torch.cat([vae.encode(to_model_range(pixels[i : i + batch])).latent_dist.mean for i in range(0, len(pixels), batch)])
-
-
-def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
 
 
 def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: PretrainConfig, work: Path) -> list[float]:

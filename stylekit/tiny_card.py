@@ -22,11 +22,11 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from . import synth
-from .data import load_photos
-from .models import as_task, load_pipeline
+from .data import center_square, load_photos
+from .models import as_task, load_pipeline, tokenize
 from .plots import image_grid
 from .profiles import PROFILES
-from .tiny import PretrainConfig, to_model_range, tokenize, training_scheduler
+from .tiny import PretrainConfig, to_model_range, training_scheduler
 
 __all__ = ["measure", "write_model_card"]
 
@@ -39,14 +39,6 @@ PROMPTS = [
 ]
 
 
-def center_square(image: Image.Image, size: int) -> Image.Image:
-    """The largest centred square of ``image``, resized to ``size``."""
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
-
-
 def _as_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
@@ -57,7 +49,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def reconstruct(pipe, image: Image.Image) -> Image.Image:
-    x = to_model_range(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].contiguous())
+    x = to_model_range(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].contiguous())
     decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     return Image.fromarray(((decoded[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
 
@@ -66,7 +58,7 @@ def reconstruct(pipe, image: Image.Image) -> Image.Image:
 def denoising_loss(pipe, images: list[Image.Image], captions: list[str], draws: int = 64) -> float:
     """Mean epsilon-prediction MSE over fixed timesteps and noise (same draws for any captions)."""
     scheduler = training_scheduler()
-    x = torch.stack([to_model_range(torch.from_numpy(np.asarray(im)).permute(2, 0, 1).contiguous()) for im in images])
+    x = torch.stack([to_model_range(torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous()) for im in images])
     latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
     states = pipe.text_encoder(tokenize(pipe.tokenizer, captions)).last_hidden_state
     generator = torch.Generator().manual_seed(0)

@@ -24,3 +24,15 @@ def tiny_copy(tmp_path):
     target = tmp_path / "tiny_copy"
     shutil.copytree(tiny_model_dir(), target)
     return target
+
+
+def kill_once_written(process, path, timeout=300):
+    """SIGKILL ``process`` as soon as ``path`` exists (a checkpoint), as a crash would."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()

@@ -46,7 +46,7 @@ def messy_folder(tmp_path):
     rgba.putalpha(128)
     rgba.save(folder / "rgba.png")
     _photo(seed=5).convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.asarray(_photo(seed=6).convert("L"), dtype=np.uint16) * 257)).save(folder / "sixteen_bit.png")
+    Image.fromarray(np.asarray(_photo(seed=6).convert("L"), dtype=np.uint16) * 257).save(folder / "sixteen_bit.png")
     _photo(seed=7).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
     _photo(seed=8).save(folder / "café photo ü.png")
     (folder / "café photo ü.txt").write_text("a unicode name")
@@ -130,7 +130,7 @@ def test_prepare_center_crop_trigger_and_caption_options(messy_folder):
     dataset = prepare_dataset(messy_folder, resolution=64, trigger="anime")
     assert len(dataset) == 8
     item = dataset[0]
-    assert item["pixels"].shape == (3, 64, 64) and -1.0 <= item["pixels"].min() and item["pixels"].max() <= 1.0
+    assert item["pixels"].shape == (3, 64, 64) and item["pixels"].min() >= -1.0 and item["pixels"].max() <= 1.0
     assert all(dataset.caption(i).startswith("anime") for i in range(len(dataset)))
     dropped = prepare_dataset(messy_folder, resolution=64, trigger="anime", caption_dropout=1.0)
     assert {dropped.caption(i) for i in range(len(dropped))} == {"anime"}

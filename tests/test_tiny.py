@@ -1,11 +1,9 @@
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
+from conftest import kill_once_written
 from safetensors.torch import load_file
 
 from stylekit.checkpoints import load_checkpoint
@@ -37,11 +35,7 @@ def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path):
 
     victim = _train(tmp_path / "resumed", tmp_path / "work_resumed")
     state_file = tmp_path / "work_resumed" / "unet_state.safetensors"
-    deadline = time.time() + 300
-    while not state_file.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_once_written(victim, state_file)
     _, state = load_checkpoint(state_file)
     assert 0 < state["step"] < 40, "the kill must land mid-run for this test to mean anything"
 

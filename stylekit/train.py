@@ -1,0 +1,412 @@
+"""Training one style adapter: cached latents, accelerate, checkpoints, resume.
+
+    result = train_adapter(TrainConfig(name="anime", dataset="outputs/datasets/anime"))
+
+The VAE latents (and their mirror images) and the caption embeddings are
+computed once per dataset and cached on disk, so each step runs only the
+UNet. A checkpoint (adapter, optimizer, LR schedule, RNG, step) is written
+atomically every ``checkpoint_every`` steps and a rerun with the same
+settings continues from it. Runs unchanged under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .adapters import AdapterSpec, attach_adapter, save_adapter, trainable_parameters
+from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
+from .data import PreparedDataset, center_square, check_dataset, load_photos, prepare_dataset, trigger_word
+from .models import as_task, load_pipeline, tokenize
+from .paths import outputs_dir
+from .plots import image_grid, loss_curve
+from .profiles import get_profile
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train_adapter"]
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; ``None`` means "the profile's default".
+
+    Args:
+        name: the style's name; results go to ``outputs/loras/<name>/``.
+        dataset: a dataset folder (see :mod:`stylekit.data`).
+        profile: ``"tiny"``, ``"sd15"`` or ``"sdxl"``: base model, resolution and defaults.
+        model: another base model (hub id, folder, single file) at the profile's settings.
+        steps: optimizer steps. batch_size: images per micro-batch (per process).
+        gradient_accumulation: micro-batches per optimizer step.
+        learning_rate, lr_scheduler, warmup_steps: AdamW learning rate and its schedule
+            (``constant``, ``constant_with_warmup``, ``cosine``, ``linear``).
+        kind, rank, alpha, conv, text_encoder_lora: the adapter (see :class:`AdapterSpec`).
+        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` (GPU; the CPU trains in fp32).
+        gradient_checkpointing: recompute activations to save memory on large UNets.
+        min_snr_gamma: min-SNR loss weighting (Hang et al. 2023); ``None`` turns it off.
+        noise_offset: adds per-channel offset noise (helps very dark / bright styles).
+        flip: also train on mirror images. caption_dropout: share of steps with the trigger only.
+        trigger: the word that calls the style in prompts (default: from ``name``).
+        checkpoint_every, validation_every: steps between checkpoints / validation images (0: only at the end).
+    """
+
+    name: str
+    dataset: str
+    profile: str = "tiny"
+    model: str | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    gradient_accumulation: int | None = None
+    learning_rate: float | None = None
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 10
+    kind: str = "lora"
+    rank: int | None = None
+    alpha: float | None = None
+    conv: bool = False
+    text_encoder_lora: bool = False
+    mixed_precision: str | None = None
+    gradient_checkpointing: bool | None = None
+    min_snr_gamma: float | None = 5.0
+    noise_offset: float = 0.0
+    flip: bool = True
+    caption_dropout: float = 0.0
+    trigger: str | None = None
+    seed: int = 0
+    checkpoint_every: int = 50
+    validation_every: int = 0
+    validation_prompts: tuple[str, ...] = ("a red house and two trees on green hills under a blue sky", "a landscape on snowy hills under a night sky")
+    output_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled in from the profile."""
+        defaults = get_profile(self.profile).train
+        filled = {name: getattr(defaults, name) for name in ("steps", "batch_size", "gradient_accumulation", "learning_rate", "rank", "alpha", "mixed_precision", "gradient_checkpointing") if getattr(self, name) is None}
+        if self.trigger is None:
+            filled["trigger"] = trigger_word(self.name)
+        if self.output_dir is None:
+            filled["output_dir"] = str(outputs_dir() / "loras")
+        return replace(self, **filled)
+
+    def adapter(self) -> AdapterSpec:
+        return AdapterSpec(kind=self.kind, rank=self.rank, alpha=self.alpha, conv=self.conv, text_encoder=self.text_encoder_lora)
+
+
+@dataclass
+class TrainResult:
+    """Where a run's files are and what it measured."""
+
+    folder: Path
+    files: dict[str, Path]
+    losses: list[float]
+    seconds: float
+    images_per_second: float
+    resumed_from: int
+    pipeline: object = field(default=None, repr=False)  # the base pipeline with the trained adapter active
+
+
+# ---------------------------------------------------------------------------
+# Caching latents and caption embeddings
+# ---------------------------------------------------------------------------
+
+
+def _fingerprint(*modules) -> str:
+    """A cheap identity of frozen weights: names, shapes and sums of every tensor."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{name}{tuple(tensor.shape)}{float(tensor.float().sum()):.6e}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(pipe, dataset: PreparedDataset, captions: list[str], flip: bool) -> str:
+    """Changes whenever the model, the image content and sizes, the captions or the flip setting change."""
+    digest = hashlib.sha256(_fingerprint(pipe.vae, pipe.text_encoder).encode())
+    for image in dataset.images:
+        digest.update(f"{image.size}".encode())
+        digest.update(hashlib.sha256(image.tobytes()).digest())
+    digest.update(json.dumps(captions).encode())
+    digest.update(f"flip={flip}".encode())
+    return digest.hexdigest()[:20]
+
+
+@torch.no_grad()
+def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch.Tensor]:
+    """Scaled posterior means of every image (and its mirror image)."""
+    latents = {}
+    vae = pipe.vae
+    for index in tqdm(range(len(dataset)), desc="caching latents", leave=False):
+        pixels = dataset[index]["pixels"][None].to(vae.device, vae.dtype)
+        variants = [pixels, pixels.flip(-1)] if flip else [pixels]
+        encoded = vae.encode(torch.cat(variants)).latent_dist.mean * vae.config.scaling_factor
+        latents[f"latent.{index}"] = encoded[0].float().cpu()
+        if flip:
+            latents[f"latent_flip.{index}"] = encoded[1].float().cpu()
+    return latents
+
+
+@torch.no_grad()
+def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
+    ids = tokenize(pipe.tokenizer, captions)
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device)).last_hidden_state.float().cpu()
+
+
+def load_or_build_cache(pipe, dataset: PreparedDataset, flip: bool, cache_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
+    """Latents per image and embeddings per distinct caption, from ``cache_dir`` when the key matches.
+
+    Returns ``(latents, embeddings_by_caption, was_cached)``.
+    """
+    captions = sorted({dataset.caption(i) for i in range(len(dataset))} | {dataset.trigger or ""})
+    path = cache_dir / f"{cache_key(pipe, dataset, captions, flip)}.safetensors"
+    if path.exists():
+        tensors, state = load_checkpoint(path)
+        was_cached = True
+    else:
+        tensors = encode_images(pipe, dataset, flip)
+        tensors["captions"] = encode_captions(pipe, captions)
+        state = {"captions": captions}
+        save_checkpoint(path, tensors, state)
+        was_cached = False
+    embeddings = dict(zip(state["captions"], tensors.pop("captions")))
+    return tensors, embeddings, was_cached
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """Batches, noise and timesteps depend only on (seed, step, micro-batch): a resumed run replays them exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
+
+
+def _global_batch(latents, count: int, sizes: dict[int, tuple], batch: int, flip: bool, generator) -> tuple[list[int], torch.Tensor]:
+    """Indices of one global micro-batch (all from one size bucket) and a mirror flag per item."""
+    buckets: dict[tuple, list[int]] = {}
+    for index in range(count):
+        buckets.setdefault(sizes[index], []).append(index)
+    keys = sorted(buckets)
+    weights = torch.tensor([len(buckets[k]) for k in keys], dtype=torch.float)
+    bucket = buckets[keys[int(torch.multinomial(weights, 1, generator=generator))]]
+    picks = [bucket[i] for i in torch.randint(len(bucket), (batch,), generator=generator).tolist()]
+    mirrored = (torch.rand(batch, generator=generator) < 0.5) & flip
+    return picks, mirrored
+
+
+def _snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    if gamma is None:
+        return torch.ones(len(timesteps))
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, step, micro, accelerator) -> torch.Tensor:
+    """The loss of this process's share of one global micro-batch."""
+    generator = _step_generator(cfg.seed, step, micro)
+    sizes = {i: tuple(latents[f"latent.{i}"].shape) for i in range(len(dataset))}
+    global_batch = cfg.batch_size * accelerator.num_processes
+    picks, mirrored = _global_batch(latents, len(dataset), sizes, global_batch, cfg.flip, generator)
+    x0 = torch.stack([latents[f"latent_flip.{i}" if m else f"latent.{i}"] for i, m in zip(picks, mirrored.tolist())])
+    noise = torch.randn(x0.shape, generator=generator)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (global_batch,), generator=generator)
+    captions = [dataset.caption(i) for i in picks]
+    share = slice(accelerator.process_index * cfg.batch_size, (accelerator.process_index + 1) * cfg.batch_size)
+    device = accelerator.device
+    x0, noise, timesteps, captions = x0[share].to(device), noise[share].to(device), timesteps[share].to(device), captions[share]
+    if cfg.text_encoder_lora:
+        ids = tokenize(pipe.tokenizer, captions).to(device)
+        states = pipe.text_encoder(ids).last_hidden_state
+    else:
+        missing = [c for c in captions if c not in embeddings]
+        if missing:  # shuffled tags make new caption strings
+            embeddings.update(zip(missing, encode_captions(pipe, missing)))
+        states = torch.stack([embeddings[c] for c in captions]).to(device)
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    with accelerator.autocast():
+        prediction = unet(noisy, timesteps, encoder_hidden_states=states).sample
+    per_item = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_item * _snr_weights(scheduler, timesteps.cpu(), cfg.min_snr_gamma).to(device)).mean()
+
+
+def _save_training_state(path, params, named, optimizer, lr_scheduler, step, losses) -> None:
+    tensors = {f"adapter.{name}": p.detach() for name, p in zip(named, params)}
+    optim_tensors, optim_meta = optimizer_state(optimizer)
+    rng_tensors, rng_meta = rng_state()
+    state = {"step": step, "losses": losses, "optimizer": optim_meta, "rng": rng_meta, "lr_scheduler": lr_scheduler.state_dict()}
+    save_checkpoint(path, {**tensors, **optim_tensors, **rng_tensors}, state)
+
+
+def _resume(path, params, named, optimizer, lr_scheduler) -> tuple[int, list[float]]:
+    if not path.exists():
+        return 0, []
+    tensors, state = load_checkpoint(path)
+    with torch.no_grad():
+        for name, p in zip(named, params):
+            p.copy_(tensors[f"adapter.{name}"])
+    restore_optimizer(optimizer, tensors, state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    restore_rng(tensors, state["rng"])
+    return state["step"], state["losses"]
+
+
+def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator) -> None:
+    """A checkpoint is only resumed by a run with the same settings and data."""
+    stamp = run_dir / "run.json"
+    current = json.loads(json.dumps({"config": asdict(cfg), "data": data_key, "processes": accelerator.num_processes}))
+    for key in ("output_dir", "extra"):
+        current["config"].pop(key)
+    if stamp.exists() and (run_dir / CHECKPOINT).exists() and json.loads(stamp.read_text()) != current:
+        raise RuntimeError(f"{run_dir} holds a checkpoint of a run with other settings or data; delete {run_dir / CHECKPOINT} to start over")
+    if accelerator.is_main_process:
+        stamp.write_text(json.dumps(current, indent=2))
+
+
+@torch.no_grad()
+def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
+    """The fixed validation prompts (with the trigger) and one held-out photo through img2img."""
+    defaults = get_profile(cfg.profile).inference
+    txt2img = as_task(pipe, "txt2img")
+    images = [
+        txt2img(f"{cfg.trigger} style, {prompt}", num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(0)).images[0]
+        for prompt in cfg.validation_prompts
+    ]
+    images.append(pipe(prompt=f"{cfg.trigger} style, a photo", image=photo, strength=0.6, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(0)).images[0])
+    return images
+
+
+def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train one style adapter as described by ``config``; resumes from its checkpoint if there is one."""
+    cfg = config.resolved()
+    resolution = get_profile(cfg.profile).resolution
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no")
+    torch.manual_seed(cfg.seed)
+    pipe = load_pipeline(cfg.model or cfg.profile, device=str(accelerator.device), dtype="fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision)
+    report = check_dataset(cfg.dataset, min_size=resolution // 2)
+    dataset = prepare_dataset(report, resolution, trigger=cfg.trigger, caption_dropout=cfg.caption_dropout, seed=cfg.seed)
+    latents, embeddings, _ = load_or_build_cache(pipe, dataset, cfg.flip, outputs_dir() / "cache")
+    data_key = cache_key(pipe, dataset, dataset.captions, cfg.flip)
+
+    attach_adapter(pipe.unet, pipe.text_encoder, cfg.adapter())
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    named = [n for n, p in list(pipe.unet.named_parameters()) + [("te." + n, p) for n, p in pipe.text_encoder.named_parameters()] if p.requires_grad]
+    params = trainable_parameters(pipe.unet, pipe.text_encoder)
+    for p in params:
+        p.data = p.data.float()  # adapters train in fp32 even when the base runs in half precision
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    run_dir = Path(cfg.output_dir) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_run(run_dir, cfg, data_key, accelerator)
+    start, losses = _resume(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler)
+    photo = center_square(load_photos(split="held_out")[0].image, resolution)
+
+    unet.train()
+    started = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"training {cfg.name}", disable=not (progress and accelerator.is_main_process))
+    for step in bar:
+        dataset.epoch = step
+        step_loss = 0.0
+        for micro in range(cfg.gradient_accumulation):
+            sync = micro == cfg.gradient_accumulation - 1
+            with nullcontext() if sync else accelerator.no_sync(unet):
+                loss = _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, step, micro, accelerator)
+                accelerator.backward(loss / cfg.gradient_accumulation)
+            step_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / cfg.gradient_accumulation
+        if not math.isfinite(step_loss):
+            raise TrainingDiverged(
+                f"{cfg.name}: the loss became {step_loss} at step {step + 1}; training stopped. The last good checkpoint "
+                f"({run_dir / CHECKPOINT}) is kept. Lower the learning rate (now {cfg.learning_rate}) and run again."
+            )
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        done = step + 1
+        if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            _save_training_state(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler, done, losses)
+        if accelerator.is_main_process and cfg.validation_every and done % cfg.validation_every == 0 and done < cfg.steps:
+            _save_validation(pipe, unet, cfg, photo, run_dir, done)
+    seconds = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+    unet.eval()
+    files: dict[str, Path] = {}
+    if accelerator.is_main_process:
+        files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, seconds)
+    trained = (cfg.steps - start) * cfg.batch_size * cfg.gradient_accumulation * accelerator.num_processes
+    return TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, pipe)
+
+
+def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
+    unet.eval()
+    images = validation_images(pipe, cfg, photo)
+    unet.train()
+    folder = run_dir / "validation"
+    folder.mkdir(exist_ok=True)
+    image_grid([images], col_labels=[*cfg.validation_prompts, "held-out photo"], title=f"{cfg.name}, step {step}").savefig(folder / f"step_{step:05d}.png", dpi=72)
+
+
+def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, seconds: float) -> dict[str, Path]:
+    import matplotlib.pyplot as plt
+
+    info = {"steps": cfg.steps, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size, "gradient_accumulation": cfg.gradient_accumulation, "seed": cfg.seed, "resolution": get_profile(cfg.profile).resolution}
+    files = save_adapter(pipe.unet, pipe.text_encoder, cfg.adapter(), run_dir, cfg.name, info)
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (run_dir / "losses.json").write_text(json.dumps({"losses": losses, "resumed_from": start, "seconds_this_session": round(seconds, 2)}))
+    fig = loss_curve({cfg.name: losses})
+    fig.savefig(run_dir / "loss_curve.png", dpi=72)
+    plt.close(fig)
+    files.update(config=run_dir / "config.json", loss_curve=run_dir / "loss_curve.png")
+    if cfg.validation_every:
+        _save_validation(pipe, pipe.unet, cfg, photo, run_dir, cfg.steps)
+    return files
+
+
+def before_after_grid(results: dict[str, TrainResult]):
+    """The validation prompts and the held-out photo, without adapter and then with each style's saved file."""
+    from .adapters import load_adapter
+
+    configs = {name: TrainConfig(**json.loads((r.folder / "config.json").read_text())) for name, r in results.items()}
+    first = next(iter(configs.values()))
+    pipe = load_pipeline(first.model or first.profile)
+    resolution = get_profile(first.profile).resolution
+    photo = center_square(load_photos(split="held_out")[0].image, resolution)
+    for name, result in results.items():
+        load_adapter(pipe, result.folder, adapter_name=name)
+    pipe.disable_lora()
+    rows, labels = [validation_images(pipe, first, photo)], ["no adapter"]
+    pipe.enable_lora()
+    for name, cfg in configs.items():
+        pipe.set_adapters([name])
+        rows.append(validation_images(pipe, cfg, photo))
+        labels.append(name)
+    columns = [p[:24] + "..." for p in first.validation_prompts] + ["held-out photo"]
+    return image_grid(rows, row_labels=labels, col_labels=columns)

@@ -1,0 +1,147 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import kill_once_written
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from stylekit.adapters import load_adapter
+from stylekit.checkpoints import load_checkpoint
+from stylekit.cli import main
+from stylekit.data import build_demo_sets, prepare_dataset
+from stylekit.models import as_task, load_pipeline
+from stylekit.train import CHECKPOINT, TrainConfig, TrainingDiverged, load_or_build_cache, train_adapter
+
+
+@pytest.fixture(scope="module")
+def anime_set(tmp_path_factory):
+    return build_demo_sets(tmp_path_factory.mktemp("datasets"), ["anime"], count=8)["anime"]
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path / "outputs"))
+    return tmp_path / "outputs"
+
+
+def _image(pipe, seed=0):
+    txt2img = as_task(pipe, "txt2img")
+    return txt2img("anime style, a house", num_inference_steps=8, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+
+def _adapter_tensors(folder, name):
+    return load_file(str(folder / f"{name}.safetensors"))
+
+
+def test_both_files_load_back_with_identical_output(anime_set, outputs):
+    result = train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=6, learning_rate=5e-3, checkpoint_every=3), progress=False)
+    in_memory = _image(result.pipeline)
+    base = _image(load_pipeline("tiny"))
+    assert np.abs(in_memory - base).max() > 1e-3  # the adapter changes the output
+    for path in (result.folder, result.files["kohya"]):  # diffusers folder, kohya single file
+        pipe = load_pipeline("tiny")
+        load_adapter(pipe, path, "anime")
+        np.testing.assert_allclose(_image(pipe), in_memory, atol=1e-5, err_msg=str(path))
+
+    with safe_open(str(result.files["kohya"]), framework="pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    assert all(k.startswith("lora_unet_") for k in keys)
+    assert {k.rsplit(".", 2)[-2] if k.endswith(".weight") else k.rsplit(".", 1)[-1] for k in keys} == {"lora_down", "lora_up", "alpha"}
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_module"] == "networks.lora"
+    for name in ("config.json", "loss_curve.png", "losses.json", CHECKPOINT):
+        assert (result.folder / name).exists()
+
+
+def _train_cli(dataset, outputs_dir, name, extra=()):
+    env = dict(os.environ, STYLEKIT_OUTPUTS=str(outputs_dir))
+    cmd = [sys.executable, "-m", "stylekit", "train", str(dataset), "--name", name, "--steps", "30", "--checkpoint-every", "4", "--learning-rate", "5e-3", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_same_weights(anime_set, tmp_path):
+    straight = _train_cli(anime_set, tmp_path / "a", "anime")
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()
+
+    victim = _train_cli(anime_set, tmp_path / "b", "anime")
+    checkpoint = tmp_path / "b" / "loras" / "anime" / CHECKPOINT
+    kill_once_written(victim, checkpoint)
+    _, state = load_checkpoint(checkpoint)
+    assert 0 < state["step"] < 30, "the kill must land mid-run for this test to mean anything"
+
+    resumed = _train_cli(anime_set, tmp_path / "b", "anime")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    a, b = _adapter_tensors(tmp_path / "a" / "loras" / "anime", "anime"), _adapter_tensors(tmp_path / "b" / "loras" / "anime", "anime")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6, err_msg=key)
+
+
+def test_cache_is_reused_and_rebuilt_when_inputs_change(anime_set, outputs):
+    pipe = load_pipeline("tiny")
+    dataset = prepare_dataset(anime_set, 64, trigger="anime")
+    cache = outputs / "cache"
+    latents, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=cache)
+    assert not cached and len([k for k in latents if k.startswith("latent_flip.")]) == len(dataset)
+    _, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=cache)
+    assert cached
+    _, _, cached = load_or_build_cache(pipe, dataset, flip=False, cache_dir=cache)
+    assert not cached
+    dataset.captions[0] = "a different caption"
+    _, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=cache)
+    assert not cached
+    dataset.images[1] = dataset.images[1].transpose(0)
+    _, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=cache)
+    assert not cached
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(anime_set, outputs):
+    config = TrainConfig(name="exploding", dataset=str(anime_set), steps=20, learning_rate=1e30, warmup_steps=0, lr_scheduler="constant", checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="loss became .* at step .*Lower the learning rate"):
+        train_adapter(config, progress=False)
+    _, state = load_checkpoint(outputs / "loras" / "exploding" / CHECKPOINT)
+    assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
+
+
+def test_a_checkpoint_is_only_resumed_by_the_same_run(anime_set, outputs):
+    train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1), progress=False)
+    with pytest.raises(RuntimeError, match="other settings or data"):
+        train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1, rank=8, alpha=8), progress=False)
+
+
+@pytest.mark.parametrize("options", [{"kind": "dora"}, {"text_encoder_lora": True, "conv": True}])
+def test_adapter_options_train_and_reload(anime_set, outputs, options):
+    result = train_adapter(TrainConfig(name="variant", dataset=str(anime_set), steps=3, learning_rate=5e-3, **options), progress=False)
+    in_memory = _image(result.pipeline)
+    pipe = load_pipeline("tiny")
+    load_adapter(pipe, result.folder, "variant")
+    np.testing.assert_allclose(_image(pipe), in_memory, atol=1e-5)
+
+
+def test_gradient_accumulation_and_min_snr_run(anime_set, outputs):
+    result = train_adapter(TrainConfig(name="accum", dataset=str(anime_set), steps=2, batch_size=2, gradient_accumulation=3, min_snr_gamma=None, noise_offset=0.05), progress=False)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+
+
+def test_cli_train_writes_both_files(anime_set, tmp_path, capsys):
+    assert main(["train", str(anime_set), "--name", "cli_style", "--steps", "2", "--output-dir", str(tmp_path / "loras")]) == 0
+    out = capsys.readouterr().out
+    assert "pytorch_lora_weights.safetensors" in out and "cli_style.safetensors" in out
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, tmp_path):
+    common = ["--steps", "4", "--learning-rate", "5e-3", "--checkpoint-every", "100"]
+    env = dict(os.environ, STYLEKIT_OUTPUTS=str(tmp_path / "one"), OMP_NUM_THREADS="1")
+    single = [sys.executable, "-m", "stylekit", "train", str(anime_set), "--name", "ddp", "--batch-size", "4", *common]
+    subprocess.run(single, env=env, check=True, timeout=600, capture_output=True)
+    env["STYLEKIT_OUTPUTS"] = str(tmp_path / "two")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "stylekit", "train", str(anime_set), "--name", "ddp", "--batch-size", "2", *common]
+    result = subprocess.run(launch, env=env, timeout=600, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _adapter_tensors(tmp_path / "one" / "loras" / "ddp", "ddp"), _adapter_tensors(tmp_path / "two" / "loras" / "ddp", "ddp")
+    # DDP averages the two halves' gradients: the same update as one process on the whole batch, up to float32 summation order
+    for key in one:
+        np.testing.assert_allclose(one[key].numpy(), two[key].numpy(), atol=1e-4, err_msg=key)
