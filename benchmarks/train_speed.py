@@ -44,7 +44,10 @@ def run_stylekit(dataset: str, steps: int, batch: int) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = train_adapter(TrainConfig(name="bench", dataset=dataset, steps=steps, batch_size=batch, checkpoint_every=10**9, output_dir=out), progress=False)
+        result = train_adapter(
+            TrainConfig(name="bench", dataset=dataset, steps=steps, batch_size=batch, checkpoint_every=10**9, output_dir=out),
+            progress=False,
+        )
         total = time.perf_counter() - start
     return {"images_per_second": steps * batch / result.seconds, "seconds_with_setup": total, "peak_mb": _peak_memory_mb()}
 
@@ -73,7 +76,13 @@ def run_plain(dataset: str, steps: int, batch: int) -> dict:
         picks = torch.randint(len(data), (batch,), generator=generator).tolist()
         items = [data[i] for i in picks]
         pixels = torch.stack([item["pixels"] for item in items])
-        ids = pipe.tokenizer([item["caption"] for item in items], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = pipe.tokenizer(
+            [item["caption"] for item in items],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         with torch.no_grad():
             latents = pipe.vae.encode(pixels).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
             states = pipe.text_encoder(ids).last_hidden_state
@@ -154,7 +163,12 @@ def main() -> None:
         "",
     ]
     if torch.cuda.is_available():
-        lines += [f"### SD 1.5 architecture on {torch.cuda.get_device_name()} (random weights, 512 px, LoRA rank 16, fp16 autocast)", "", "| batch | gradient checkpointing | images / s | peak GPU memory (MB) |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"### SD 1.5 architecture on {torch.cuda.get_device_name()} (random weights, 512 px, LoRA rank 16, fp16 autocast)",
+            "",
+            "| batch | gradient checkpointing | images / s | peak GPU memory (MB) |",
+            "| --- | --- | --- | --- |",
+        ]
         for batch in (1, 4):
             for checkpointing in (False, True):
                 r = _in_subprocess("run_sd15_gpu", batch=batch, checkpointing=checkpointing)

@@ -15,4 +15,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# The browser test drives Debian's Chromium with Playwright (no browser download).
+# CI installs it when missing; elsewhere that one test is skipped without it.
+if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+    echo "installing chromium for the browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 .venv/bin/python -c "import stylekit, torch; print('stylekit', stylekit.__version__, '| torch', torch.__version__)"

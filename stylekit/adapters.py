@@ -62,10 +62,18 @@ class AdapterSpec:
 
     def unet_config(self) -> LoraConfig:
         targets = list(self.target_modules) + (list(CONV_TARGETS) if self.conv else [])
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian", target_modules=targets, use_dora=self.kind == "dora")
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian", target_modules=targets, use_dora=self.kind == "dora"
+        )
 
     def text_config(self) -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian", target_modules=list(TEXT_TARGETS), use_dora=self.kind == "dora")
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(TEXT_TARGETS),
+            use_dora=self.kind == "dora",
+        )
 
 
 def attach_adapter(unet, text_encoder, spec: AdapterSpec) -> None:

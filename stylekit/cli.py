@@ -1,12 +1,12 @@
 """The ``stylekit`` command line and the papermill runner.
 
-    stylekit info                                   versions, device, profiles, trained styles
-    stylekit run                                    every notebook, in order, on the tiny profile
-    stylekit run 02_lora_training -p profile sd15   one notebook with a parameter
-    stylekit run -f params.yaml                     parameters from a YAML file
-    stylekit data check FOLDER                      validate a style dataset (exit 1 if unusable)
-    stylekit data demo                              build the demo style sets in outputs/datasets
-    stylekit train DATASET --name NAME [options]    train one style adapter (also under `accelerate launch`)
+stylekit info                                   versions, device, profiles, trained styles
+stylekit run                                    every notebook, in order, on the tiny profile
+stylekit run 02_lora_training -p profile sd15   one notebook with a parameter
+stylekit run -f params.yaml                     parameters from a YAML file
+stylekit data check FOLDER                      validate a style dataset (exit 1 if unusable)
+stylekit data demo                              build the demo style sets in outputs/datasets
+stylekit train DATASET --name NAME [options]    train one style adapter (also under `accelerate launch`)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import subprocess
 import sys
 import types
 import typing
@@ -158,6 +159,64 @@ def command_train(args) -> int:
     return 0
 
 
+def _parse_styles(values: list[str]) -> dict[str, float]:
+    styles = {}
+    for value in values:
+        name, _, weight = value.partition("=")
+        styles[name] = float(weight) if weight else 1.0
+    return styles
+
+
+def command_stylize(args) -> int:
+    from .data import open_image
+    from .stylize import Stylizer, save_with_recipe
+
+    stylizer = Stylizer(args.model)
+    settings = dict(
+        style_strength=args.style_strength,
+        content_strength=args.content_strength,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        prompt=args.prompt,
+    )
+    styles = _parse_styles(args.style)
+    if args.input.is_dir():
+        written = stylizer.stylize_folder(args.input, args.output, styles, **settings)
+        print(f"{len(written)} image(s) written to {args.output}")
+    else:
+        image, recipe = stylizer.stylize(open_image(args.input), styles, **settings)
+        print(save_with_recipe(image, recipe, args.output))
+    return 0
+
+
+def command_reproduce(args) -> int:
+    from .stylize import reproduce
+
+    print(reproduce(args.image, args.output))
+    return 0
+
+
+def serve_command(port: int) -> list[str]:
+    """The Voila command that serves notebook 04 on localhost only."""
+    notebook = NOTEBOOKS_DIR / "04_stylizer.ipynb"
+    return [
+        sys.executable,
+        "-m",
+        "voila",
+        str(notebook),
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--show_tracebacks=True",
+    ]
+
+
+def command_serve(args) -> int:
+    print(f"stylizer on http://127.0.0.1:{args.port}/ (Ctrl+C stops it)", flush=True)
+    return subprocess.call(serve_command(args.port))
+
+
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
     """One ``--option`` per dataclass field; unset options keep the dataclass default (``None`` = profile default)."""
     hints = typing.get_type_hints(cls)
@@ -175,19 +234,25 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stylekit", description="Turn photographs into artistic styles with Stable Diffusion and style adapters.")
+    parser = argparse.ArgumentParser(
+        prog="stylekit", description="Turn photographs into artistic styles with Stable Diffusion and style adapters."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, device, profiles and trained styles")
     info.set_defaults(handler=command_info)
     run = sub.add_parser("run", help="execute the notebooks headless with papermill")
     run.add_argument("notebooks", nargs="*", help="notebooks to run (default: all, in order)")
-    run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a notebook parameter (value parsed as YAML)")
+    run.add_argument(
+        "-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a notebook parameter (value parsed as YAML)"
+    )
     run.add_argument("-f", "--file", action="append", type=Path, help="a YAML file of parameters")
     run.add_argument("-o", "--output", type=Path, help="folder for the executed copies (default: outputs/runs/<timestamp>)")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     run.set_defaults(handler=command_run)
 
-    data = sub.add_parser("data", help="style datasets: check a folder, build the demo sets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="style datasets: check a folder, build the demo sets").add_subparsers(
+        dest="data_command", required=True
+    )
     check = data.add_parser("check", help="report usable images, missing captions, duplicates and bad files")
     check.add_argument("folder", type=Path)
     check.add_argument("--min-size", type=int, default=64, help="smallest accepted side in pixels (default 64)")
@@ -207,6 +272,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", required=True, help="style name; results go to outputs/loras/NAME")
     _add_dataclass_options(train, TrainConfig, skip={"name", "dataset"})
     train.set_defaults(handler=command_train)
+
+    stylize = sub.add_parser("stylize", help="stylize a photo or a folder of photos with trained styles")
+    stylize.add_argument("input", type=Path, help="a photo or a folder of photos")
+    stylize.add_argument("output", type=Path, help="a PNG file, or a folder when INPUT is a folder")
+    stylize.add_argument("--style", action="append", required=True, metavar="NAME[=WEIGHT]", help="a trained style; repeat to blend")
+    stylize.add_argument("--style-strength", type=float, default=1.0, help="adapter multiplier (default 1)")
+    stylize.add_argument("--content-strength", type=float, default=None, help="1 keeps the photo, 0 ignores it (default: the profile's)")
+    stylize.add_argument("--seed", type=int, default=0)
+    stylize.add_argument("--steps", type=int, default=None)
+    stylize.add_argument("--guidance", type=float, default=None)
+    stylize.add_argument("--prompt", default="", help="what the photo shows (optional)")
+    stylize.add_argument("--model", default="tiny", help="profile, hub id or local model (default tiny)")
+    stylize.set_defaults(handler=command_stylize)
+
+    again = sub.add_parser("reproduce", help="make an image saved by stylekit again from its recipe")
+    again.add_argument("image", type=Path)
+    again.add_argument("output", type=Path)
+    again.set_defaults(handler=command_reproduce)
+
+    serve = sub.add_parser("serve", help="serve the stylizer (notebook 04) as a web page on localhost")
+    serve.add_argument("--port", type=int, default=8866)
+    serve.set_defaults(handler=command_serve)
     return parser
 
 
@@ -214,6 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"stylekit {args.command}: {error}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import synth
-from .paths import PHOTOS_DIR
+from .paths import PHOTOS_DIR, outputs_dir
 from .plots import Table
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "build_demo_sets",
     "center_square",
     "check_dataset",
+    "decode_image",
+    "ensure_demo_sets",
     "load_photos",
     "open_image",
     "prepare_dataset",
@@ -122,7 +124,9 @@ def open_image(path: Path) -> Image.Image:
         try:
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
-                    raise ImageProblem(f"{image.width}x{image.height} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)")
+                    raise ImageProblem(
+                        f"{image.width}x{image.height} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)"
+                    )
                 image.load()
                 upright = ImageOps.exif_transpose(image)
                 return _to_rgb(upright)
@@ -134,6 +138,19 @@ def open_image(path: Path) -> Image.Image:
             if isinstance(error, ImageProblem):
                 raise
             raise ImageProblem(f"unreadable or truncated image ({error})") from None
+
+
+def decode_image(content: bytes, name: str) -> Image.Image:
+    """:func:`open_image` for bytes (an upload), with the same checks and normalisation."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"upload{Path(name).suffix.lower()}"
+        path.write_bytes(content)
+        try:
+            return open_image(path)
+        except ImageProblem as error:
+            raise ImageProblem(f"{name}: {error}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +219,8 @@ class DatasetReport:
 
     def _repr_html_(self) -> str:
         rows = "".join(
-            f"<tr><td>{html.escape(p.file)}</td><td>{'skipped' if p.skipped else 'warning'}</td><td>{html.escape(p.reason)}</td></tr>" for p in self.problems
+            f"<tr><td>{html.escape(p.file)}</td><td>{'skipped' if p.skipped else 'warning'}</td><td>{html.escape(p.reason)}</td></tr>"
+            for p in self.problems
         )
         table = f"<table><tr><th>file</th><th>status</th><th>reason</th></tr>{rows}</table>" if rows else "<p>no problems found</p>"
         return f"<p><b>{html.escape(self.summary())}</b></p>{table}"
@@ -211,7 +229,10 @@ class DatasetReport:
 def report_table(reports: dict[str, DatasetReport]) -> Table:
     """Several reports side by side, one row per dataset."""
     columns = ("dataset", "image files", "usable", "skipped", "without caption", "duplicates")
-    rows = [(name, r.images_found, len(r.samples), sum(p.skipped for p in r.problems), len(r.missing_captions), len(r.duplicates)) for name, r in reports.items()]
+    rows = [
+        (name, r.images_found, len(r.samples), sum(p.skipped for p in r.problems), len(r.missing_captions), len(r.duplicates))
+        for name, r in reports.items()
+    ]
     return Table(columns, rows)
 
 
@@ -294,7 +315,9 @@ def _caption_for(path: Path, name: str, captions: dict[str, str], report: Datase
     text_file = path.with_suffix(".txt")
     if text_file.exists():
         return text_file.read_text(encoding="utf-8", errors="replace").strip()
-    report.problems.append(Problem(name, f"no caption (no {text_file.name} and no {METADATA} entry); trained with the trigger word only", skipped=False))
+    report.problems.append(
+        Problem(name, f"no caption (no {text_file.name} and no {METADATA} entry); trained with the trigger word only", skipped=False)
+    )
     return None
 
 
@@ -432,7 +455,9 @@ def demo_content(count: int, resolution: int, seed: int = 0) -> list[tuple[Image
     return content[:count]
 
 
-def build_demo_sets(out_dir: str | Path, styles: list[str] | None = None, count: int = 32, resolution: int = 64, seed: int = 0) -> dict[str, Path]:
+def build_demo_sets(
+    out_dir: str | Path, styles: list[str] | None = None, count: int = 32, resolution: int = 64, seed: int = 0
+) -> dict[str, Path]:
     """One style dataset per demo style: the style filter applied to the same content images.
 
     Held-out photos are never used. Captions read ``"<trigger> style, <content caption>"``.
@@ -453,3 +478,12 @@ def build_demo_sets(out_dir: str | Path, styles: list[str] | None = None, count:
         (folder / METADATA).write_text("\n".join(lines) + "\n")
         folders[style] = folder
     return folders
+
+
+def ensure_demo_sets(styles: list[str], resolution: int, seed: int = 0) -> dict[str, Path]:
+    """The demo sets in ``outputs/datasets``, building those that are missing (so any notebook runs on its own)."""
+    datasets = outputs_dir() / "datasets"
+    missing = [s for s in styles if not (datasets / s / METADATA).exists()]
+    if missing:
+        build_demo_sets(datasets, missing, resolution=resolution, seed=seed)
+    return {style: datasets / style for style in styles}

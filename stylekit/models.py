@@ -33,7 +33,18 @@ from transformers.utils import logging as transformers_logging
 
 from .profiles import PROFILES
 
-__all__ = ["PICKLE_SUFFIXES", "ModelLoadError", "as_task", "export_single_file", "load_pipeline", "pick_device", "pick_dtype", "quiet_loading", "tiny_model_dir", "tokenize"]
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "ModelLoadError",
+    "as_task",
+    "export_single_file",
+    "load_pipeline",
+    "pick_device",
+    "pick_dtype",
+    "quiet_loading",
+    "tiny_model_dir",
+    "tokenize",
+]
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 TASKS = {"img2img": AutoPipelineForImage2Image, "txt2img": AutoPipelineForText2Image}
@@ -65,7 +76,14 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto", prefer_b
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
-        return {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+        return {
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+        }[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if prefer_bf16 and torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -150,7 +168,9 @@ def _resolve(model) -> tuple[str | Path, bool]:
         if profile.base_model != "embedded":
             return profile.base_model, profile.pipeline == "sdxl"
         if not (tiny_model_dir() / "model_index.json").exists():
-            raise ModelLoadError(f"the embedded tiny model is missing from {tiny_model_dir()}: reinstall stylekit, or retrain it with `python -m stylekit.tiny train`")
+            raise ModelLoadError(
+                f"the embedded tiny model is missing from {tiny_model_dir()}: reinstall stylekit, or retrain it with `python -m stylekit.tiny train`"
+            )
         return tiny_model_dir(), False
     path = Path(name)
     if path.exists():
@@ -178,7 +198,9 @@ def _check_diffusers_folder(path: Path) -> None:
         if not name.startswith("_") and isinstance(spec, list) and spec[0] is not None and not (path / name).is_dir()
     ]
     if missing:
-        raise ModelLoadError(f"{path} is incomplete: component folder(s) {', '.join(missing)} missing; copy or download the whole model folder again")
+        raise ModelLoadError(
+            f"{path} is incomplete: component folder(s) {', '.join(missing)} missing; copy or download the whole model folder again"
+        )
 
 
 def _load_single_file(path: Path, torch_dtype, allow_pickle: bool, config) -> DiffusionPipeline:
@@ -236,32 +258,54 @@ def _offline_error(model_id: str) -> ModelLoadError:
 
 def _offline(error: BaseException) -> bool:
     text = repr(error).lower()
-    return any(word in text for word in ("offline", "connect", "resolve", "network", "timed out", "max retries", "cannot find the requested files"))
+    return any(
+        word in text for word in ("offline", "connect", "resolve", "network", "timed out", "max retries", "cannot find the requested files")
+    )
 
 
 # ---------------------------------------------------------------------------
 # Single-file export (the original Stable Diffusion key layout)
 # ---------------------------------------------------------------------------
 
-_RESNET_RENAMES = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."), ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+_RESNET_RENAMES = [
+    ("norm1.", "in_layers.0."),
+    ("conv1.", "in_layers.2."),
+    ("norm2.", "out_layers.0."),
+    ("conv2.", "out_layers.3."),
+    ("time_emb_proj.", "emb_layers.1."),
+    ("conv_shortcut.", "skip_connection."),
+]
 
 
 def _unet_prefix_map(config) -> list[tuple[str, str]]:
     """Diffusers -> original (ldm) prefixes for a UNet of any depth."""
     per_level = config["layers_per_block"]
     levels = len(config["block_out_channels"])
-    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."), ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."), ("mid_block.attentions.0.", "middle_block.1.")]
+    pairs = [
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("conv_in.", "input_blocks.0.0."),
+        ("conv_norm_out.", "out.0."),
+        ("conv_out.", "out.2."),
+        ("mid_block.attentions.0.", "middle_block.1."),
+    ]
     pairs += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
     for i in range(levels):
         for j in range(per_level):
             block = (per_level + 1) * i + j + 1
-            pairs += [(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{block}.0."), (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{block}.1.")]
+            pairs += [
+                (f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{block}.0."),
+                (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{block}.1."),
+            ]
         if i < levels - 1:
             pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per_level + 1) * (i + 1)}.0.op."))
         has_attention = "CrossAttn" in config["up_block_types"][i]
         for j in range(per_level + 1):
             block = (per_level + 1) * i + j
-            pairs += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{block}.0."), (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{block}.1.")]
+            pairs += [
+                (f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{block}.0."),
+                (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{block}.1."),
+            ]
         if i < levels - 1:
             pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per_level + 1) * i + per_level}.{2 if has_attention else 1}."))
     return pairs
@@ -274,8 +318,14 @@ def _vae_prefix_map(config) -> list[tuple[str, str]]:
         pairs.append((f"{part}.conv_norm_out.", f"{part}.norm_out."))
         pairs += [(f"{part}.mid_block.resnets.{j}.", f"{part}.mid.block_{j + 1}.") for j in range(2)]
     for i in range(levels):
-        pairs += [(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."), (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")]
-        pairs += [(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{levels - 1 - i}.block."), (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample.")]
+        pairs += [
+            (f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."),
+            (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."),
+        ]
+        pairs += [
+            (f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{levels - 1 - i}.block."),
+            (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample."),
+        ]
     return pairs
 
 
@@ -299,7 +349,9 @@ def export_single_file(pipe: StableDiffusionPipeline, path: str | os.PathLike) -
     from safetensors.torch import save_file
 
     if pipe.vae.config.get("mid_block_add_attention", True):
-        raise ValueError("export_single_file supports autoencoders without a mid-block attention (reshaping those weights is not implemented)")
+        raise ValueError(
+            "export_single_file supports autoencoders without a mid-block attention (reshaping those weights is not implemented)"
+        )
     unet_map, vae_map = _unet_prefix_map(pipe.unet.config), _vae_prefix_map(pipe.vae.config)
     vae_inner = [("conv_shortcut.", "nin_shortcut.")]
     tensors = {}

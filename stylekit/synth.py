@@ -108,7 +108,10 @@ def _draw_tree(draw, rng, x, base, height) -> None:
 def _draw_house(draw, x, base, width, color) -> None:
     height = width * 0.7
     draw.rectangle([x, base - height, x + width, base], fill=color)
-    draw.polygon([(x - width * 0.1, base - height), (x + width / 2, base - height - width * 0.5), (x + width * 1.1, base - height)], fill=(120, 40, 30))
+    draw.polygon(
+        [(x - width * 0.1, base - height), (x + width / 2, base - height - width * 0.5), (x + width * 1.1, base - height)],
+        fill=(120, 40, 30),
+    )
     door = width * 0.2
     draw.rectangle([x + width * 0.4, base - height * 0.5, x + width * 0.4 + door, base], fill=(70, 45, 30))
     draw.rectangle([x + width * 0.1, base - height * 0.75, x + width * 0.3, base - height * 0.5], fill=(250, 230, 120))
@@ -160,7 +163,15 @@ def make_scene(seed: int, size: int = 64) -> Scene:
         parts.append(rng.choice(["a lake", "the sea"]))
     elif rng.random() < 0.5:
         left, right = canvas * rng.uniform(0.35, 0.48), canvas * rng.uniform(0.52, 0.65)
-        draw.polygon([(left + canvas * 0.12, horizon + canvas * 0.08), (right - canvas * 0.12, horizon + canvas * 0.08), (right + canvas * 0.2, canvas), (left - canvas * 0.2, canvas)], fill=(80, 80, 85))
+        draw.polygon(
+            [
+                (left + canvas * 0.12, horizon + canvas * 0.08),
+                (right - canvas * 0.12, horizon + canvas * 0.08),
+                (right + canvas * 0.2, canvas),
+                (left - canvas * 0.2, canvas),
+            ],
+            fill=(80, 80, 85),
+        )
         parts.append("a road")
 
     subjects: list[str] = []

@@ -208,7 +208,9 @@ def _save_stage(path: Path, modules: dict[str, torch.nn.Module], optimizer, step
     tensors = {f"{name}.{k}": v for name, module in modules.items() for k, v in module.state_dict().items()}
     optim_tensors, optim_meta = optimizer_state(optimizer)
     rng_tensors, rng_meta = rng_state()
-    save_checkpoint(path, {**tensors, **optim_tensors, **rng_tensors}, {"step": step, "optimizer": optim_meta, "rng": rng_meta, "losses": losses})
+    save_checkpoint(
+        path, {**tensors, **optim_tensors, **rng_tensors}, {"step": step, "optimizer": optim_meta, "rng": rng_meta, "losses": losses}
+    )
 
 
 def _resume_stage(path: Path, modules: dict[str, torch.nn.Module], optimizer) -> tuple[int, list[float]]:
@@ -217,7 +219,7 @@ def _resume_stage(path: Path, modules: dict[str, torch.nn.Module], optimizer) ->
     tensors, state = load_checkpoint(path)
     for name, module in modules.items():
         prefix = name + "."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     restore_optimizer(optimizer, tensors, state["optimizer"])
     restore_rng(tensors, state["rng"])
     return state["step"], state["losses"]
@@ -361,7 +363,9 @@ def pretrain(out: Path, work: Path, config: PretrainConfig) -> StableDiffusionPi
         "final_vae_loss": float(np.mean(vae_losses[-100:])),
         "final_unet_loss": float(np.mean(unet_losses[-100:])),
         "scaling_factor": vae.config.scaling_factor,
-        "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in {"vae": vae, "unet": unet, "text_encoder": text_encoder}.items()},
+        "parameters": {
+            name: sum(p.numel() for p in m.parameters()) for name, m in {"vae": vae, "unet": unet, "text_encoder": text_encoder}.items()
+        },
         "train_seconds_this_session": round(time.time() - started, 1),
     }
     (out / "training.json").write_text(json.dumps(record, indent=2))
@@ -390,10 +394,14 @@ def _save_fp16(pipe: StableDiffusionPipeline, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stylekit.tiny", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stylekit.tiny", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="pretrain the tiny model (resumes from --work)")
-    train.add_argument("--out", type=Path, default=TINY_MODEL_DIR, help="where the finished pipeline is saved (default: the package's tiny_model)")
+    train.add_argument(
+        "--out", type=Path, default=TINY_MODEL_DIR, help="where the finished pipeline is saved (default: the package's tiny_model)"
+    )
     train.add_argument("--work", type=Path, default=Path("outputs/tiny_pretrain"), help="checkpoints and logs")
     for name, value in asdict(PretrainConfig()).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):

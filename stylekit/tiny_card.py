@@ -92,7 +92,14 @@ def measure(model_dir: Path) -> tuple[dict, dict[str, list[Image.Image]]]:
     stylized, times, ssims = [], [], []
     for image, caption in zip(originals, photo_captions):
         t0 = time.perf_counter()
-        out = pipe(prompt=caption, image=image, strength=0.5, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(0)).images[0]
+        out = pipe(
+            prompt=caption,
+            image=image,
+            strength=0.5,
+            num_inference_steps=defaults.steps,
+            guidance_scale=defaults.guidance,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
         times.append(time.perf_counter() - t0)
         stylized.append(out)
         ssims.append(float(structural_similarity(_as_array(image), _as_array(out), channel_axis=2, data_range=1.0)))
@@ -114,7 +121,12 @@ def measure(model_dir: Path) -> tuple[dict, dict[str, list[Image.Image]]]:
     }
     txt2img = as_task(pipe, "txt2img")
     samples = [
-        [txt2img(prompt, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(seed)).images[0] for seed in range(4)]
+        [
+            txt2img(
+                prompt, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(seed)
+            ).images[0]
+            for seed in range(4)
+        ]
         for prompt in PROMPTS
     ]
     images = {"originals": originals, "reconstructions": recons, "img2img": stylized, "samples": [im for row in samples for im in row]}
@@ -127,7 +139,10 @@ def write_model_card(model_dir: Path) -> dict:
     figures, images = measure(model_dir)
     (model_dir / "figures.json").write_text(json.dumps(figures, indent=2))
     n = len(images["originals"])
-    photo_grid = image_grid([[images["originals"][i], images["reconstructions"][i], images["img2img"][i]] for i in range(n)], col_labels=["held-out photo", "autoencoder", "img2img 0.5"])
+    photo_grid = image_grid(
+        [[images["originals"][i], images["reconstructions"][i], images["img2img"][i]] for i in range(n)],
+        col_labels=["held-out photo", "autoencoder", "img2img 0.5"],
+    )
     photo_grid.savefig(model_dir / "held_out.png", dpi=80)
     samples = images["samples"]
     sample_grid = image_grid([samples[i : i + 4] for i in range(0, len(samples), 4)], row_labels=[p[:28] + "..." for p in PROMPTS])
@@ -146,30 +161,30 @@ def _card_text(figures: dict, training: dict) -> str:
 A Stable Diffusion pipeline (diffusers layout: `AutoencoderKL`, `UNet2DConditionModel`,
 CLIP text encoder and tokenizer, DPM-Solver++ scheduler) small enough to train and run
 on a laptop CPU. stylekit trained it from scratch, offline, with `python -m stylekit.tiny train`,
-on the shipped photos (held-out ones excluded) and {config['scene_count']} procedural scenes
+on the shipped photos (held-out ones excluded) and {config["scene_count"]} procedural scenes
 (`stylekit.synth`). It is the `tiny` profile's base model: `load_pipeline("tiny")`.
 
-- Resolution {config['resolution']} x {config['resolution']} px; autoencoder factor 4 (latents 4 x {config['resolution'] // 4} x {config['resolution'] // 4}).
-- Parameters: UNet {params['unet']:,}, autoencoder {params['vae']:,}, text encoder {params['text_encoder']:,} (stored in fp16).
-- Tokenizer: byte-level BPE in CLIP's format, trained on the captions (at most {config['vocab_size']} tokens), {config['max_tokens']} tokens per prompt.
-- Training: autoencoder {config['vae_steps']} steps (batch {config['vae_batch']}, {config['vae_crop']} px crops), then UNet and text encoder
-  {config['unet_steps']} steps (batch {config['unet_batch']}, caption dropout {config['caption_dropout']} for guidance); seed {config['seed']}; data hash `{training['data_hash']}`.
-  Final losses: autoencoder {training['final_vae_loss']:.4f}, UNet {training['final_unet_loss']:.4f}.
+- Resolution {config["resolution"]} x {config["resolution"]} px; autoencoder factor 4 (latents 4 x {config["resolution"] // 4} x {config["resolution"] // 4}).
+- Parameters: UNet {params["unet"]:,}, autoencoder {params["vae"]:,}, text encoder {params["text_encoder"]:,} (stored in fp16).
+- Tokenizer: byte-level BPE in CLIP's format, trained on the captions (at most {config["vocab_size"]} tokens), {config["max_tokens"]} tokens per prompt.
+- Training: autoencoder {config["vae_steps"]} steps (batch {config["vae_batch"]}, {config["vae_crop"]} px crops), then UNet and text encoder
+  {config["unet_steps"]} steps (batch {config["unet_batch"]}, caption dropout {config["caption_dropout"]} for guidance); seed {config["seed"]}; data hash `{training["data_hash"]}`.
+  Final losses: autoencoder {training["final_vae_loss"]:.4f}, UNet {training["final_unet_loss"]:.4f}.
 
 ## Figures on held-out data
 
-Measured by `python -m stylekit.tiny card` ({f['machine']}).
+Measured by `python -m stylekit.tiny card` ({f["machine"]}).
 
 | measure | value |
 | --- | --- |
-| autoencoder PSNR, held-out photos (target >= 23 dB) | {f['autoencoder_psnr_db_mean']} dB ({', '.join(f'{k}: {v}' for k, v in f['autoencoder_psnr_db_held_out_photos'].items())}) |
-| UNet denoising loss, held-out scenes, right captions | {f['denoising_loss_held_out_scenes_right_captions']} |
-| UNet denoising loss, held-out scenes, shuffled captions | {f['denoising_loss_held_out_scenes_shuffled_captions']} |
-| UNet denoising loss, held-out scenes, empty captions | {f['denoising_loss_held_out_scenes_empty_captions']} |
-| UNet denoising loss, held-out photos, right / swapped captions | {f['denoising_loss_held_out_photos_right_captions']} / {f['denoising_loss_held_out_photos_swapped_captions']} |
-| img2img at strength 0.5: SSIM to the held-out photo | {f['img2img_strength_0.5_ssim_mean']} ({', '.join(f'{k}: {v}' for k, v in f['img2img_strength_0.5_ssim_held_out_photos'].items())}) |
-| load time (`load_pipeline`) | {f['load_seconds']} s |
-| img2img time per image ({f['img2img_settings']['steps']} steps x strength 0.5, guidance {f['img2img_settings']['guidance']}) | {f['img2img_seconds_per_image']} s |
+| autoencoder PSNR, held-out photos (target >= 23 dB) | {f["autoencoder_psnr_db_mean"]} dB ({", ".join(f"{k}: {v}" for k, v in f["autoencoder_psnr_db_held_out_photos"].items())}) |
+| UNet denoising loss, held-out scenes, right captions | {f["denoising_loss_held_out_scenes_right_captions"]} |
+| UNet denoising loss, held-out scenes, shuffled captions | {f["denoising_loss_held_out_scenes_shuffled_captions"]} |
+| UNet denoising loss, held-out scenes, empty captions | {f["denoising_loss_held_out_scenes_empty_captions"]} |
+| UNet denoising loss, held-out photos, right / swapped captions | {f["denoising_loss_held_out_photos_right_captions"]} / {f["denoising_loss_held_out_photos_swapped_captions"]} |
+| img2img at strength 0.5: SSIM to the held-out photo | {f["img2img_strength_0.5_ssim_mean"]} ({", ".join(f"{k}: {v}" for k, v in f["img2img_strength_0.5_ssim_held_out_photos"].items())}) |
+| load time (`load_pipeline`) | {f["load_seconds"]} s |
+| img2img time per image ({f["img2img_settings"]["steps"]} steps x strength 0.5, guidance {f["img2img_settings"]["guidance"]}) | {f["img2img_seconds_per_image"]} s |
 
 Lower denoising loss with the right captions than with shuffled or empty ones means the text matters.
 
@@ -181,7 +196,7 @@ Lower denoising loss with the right captions than with shuffled or empty ones me
 
 It draws the coarse layout of the procedural scenes (sky colour, ground, water, sun or moon) from a
 caption and keeps a photo's composition through img2img. It cannot draw recognisable objects from
-photographs, and fine detail is limited by the {config['resolution']} px resolution. It exists so the course runs
+photographs, and fine detail is limited by the {config["resolution"]} px resolution. It exists so the course runs
 offline in minutes; switch the profile to `sd15` or `sdxl` for real results.
 
 ## License

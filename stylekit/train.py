@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 
 from .adapters import AdapterSpec, attach_adapter, save_adapter, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
-from .data import PreparedDataset, center_square, check_dataset, load_photos, prepare_dataset, trigger_word
+from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
 from .models import as_task, load_pipeline, tokenize
 from .paths import outputs_dir
 from .plots import image_grid, loss_curve
 from .profiles import get_profile
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train_adapter"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "before_after_grid", "ensure_trained", "train_adapter"]
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -93,14 +93,30 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     validation_every: int = 0
-    validation_prompts: tuple[str, ...] = ("a red house and two trees on green hills under a blue sky", "a landscape on snowy hills under a night sky")
+    validation_prompts: tuple[str, ...] = (
+        "a red house and two trees on green hills under a blue sky",
+        "a landscape on snowy hills under a night sky",
+    )
     output_dir: str | None = None
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled in from the profile."""
         defaults = get_profile(self.profile).train
-        filled = {name: getattr(defaults, name) for name in ("steps", "batch_size", "gradient_accumulation", "learning_rate", "rank", "alpha", "mixed_precision", "gradient_checkpointing") if getattr(self, name) is None}
+        filled = {
+            name: getattr(defaults, name)
+            for name in (
+                "steps",
+                "batch_size",
+                "gradient_accumulation",
+                "learning_rate",
+                "rank",
+                "alpha",
+                "mixed_precision",
+                "gradient_checkpointing",
+            )
+            if getattr(self, name) is None
+        }
         if self.trigger is None:
             filled["trigger"] = trigger_word(self.name)
         if self.output_dir is None:
@@ -170,7 +186,9 @@ def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
     return pipe.text_encoder(ids.to(pipe.text_encoder.device)).last_hidden_state.float().cpu()
 
 
-def load_or_build_cache(pipe, dataset: PreparedDataset, flip: bool, cache_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
+def load_or_build_cache(
+    pipe, dataset: PreparedDataset, flip: bool, cache_dir: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
     """Latents per image and embeddings per distinct caption, from ``cache_dir`` when the key matches.
 
     Returns ``(latents, embeddings_by_caption, was_cached)``.
@@ -279,7 +297,9 @@ def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator)
     for key in ("output_dir", "extra"):
         current["config"].pop(key)
     if stamp.exists() and (run_dir / CHECKPOINT).exists() and json.loads(stamp.read_text()) != current:
-        raise RuntimeError(f"{run_dir} holds a checkpoint of a run with other settings or data; delete {run_dir / CHECKPOINT} to start over")
+        raise RuntimeError(
+            f"{run_dir} holds a checkpoint of a run with other settings or data; delete {run_dir / CHECKPOINT} to start over"
+        )
     if accelerator.is_main_process:
         stamp.write_text(json.dumps(current, indent=2))
 
@@ -290,10 +310,24 @@ def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.
     defaults = get_profile(cfg.profile).inference
     txt2img = as_task(pipe, "txt2img")
     images = [
-        txt2img(f"{cfg.trigger} style, {prompt}", num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(0)).images[0]
+        txt2img(
+            f"{cfg.trigger} style, {prompt}",
+            num_inference_steps=defaults.steps,
+            guidance_scale=defaults.guidance,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
         for prompt in cfg.validation_prompts
     ]
-    images.append(pipe(prompt=f"{cfg.trigger} style, a photo", image=photo, strength=0.6, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance, generator=torch.Generator().manual_seed(0)).images[0])
+    images.append(
+        pipe(
+            prompt=f"{cfg.trigger} style, a photo",
+            image=photo,
+            strength=0.6,
+            num_inference_steps=defaults.steps,
+            guidance_scale=defaults.guidance,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
+    )
     return images
 
 
@@ -301,9 +335,15 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train one style adapter as described by ``config``; resumes from its checkpoint if there is one."""
     cfg = config.resolved()
     resolution = get_profile(cfg.profile).resolution
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no"
+    )
     torch.manual_seed(cfg.seed)
-    pipe = load_pipeline(cfg.model or cfg.profile, device=str(accelerator.device), dtype="fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision)
+    pipe = load_pipeline(
+        cfg.model or cfg.profile,
+        device=str(accelerator.device),
+        dtype="fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision,
+    )
     report = check_dataset(cfg.dataset, min_size=resolution // 2)
     dataset = prepare_dataset(report, resolution, trigger=cfg.trigger, caption_dropout=cfg.caption_dropout, seed=cfg.seed)
     latents, embeddings, _ = load_or_build_cache(pipe, dataset, cfg.flip, outputs_dir() / "cache")
@@ -312,7 +352,11 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
     attach_adapter(pipe.unet, pipe.text_encoder, cfg.adapter())
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    named = [n for n, p in list(pipe.unet.named_parameters()) + [("te." + n, p) for n, p in pipe.text_encoder.named_parameters()] if p.requires_grad]
+    named = [
+        n
+        for n, p in list(pipe.unet.named_parameters()) + [("te." + n, p) for n, p in pipe.text_encoder.named_parameters()]
+        if p.requires_grad
+    ]
     params = trainable_parameters(pipe.unet, pipe.text_encoder)
     for p in params:
         p.data = p.data.float()  # adapters train in fp32 even when the base runs in half precision
@@ -329,7 +373,13 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     unet.train()
     started = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"training {cfg.name}", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc=f"training {cfg.name}",
+        disable=not (progress and accelerator.is_main_process),
+    )
     for step in bar:
         dataset.epoch = step
         step_loss = 0.0
@@ -371,13 +421,22 @@ def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
     unet.train()
     folder = run_dir / "validation"
     folder.mkdir(exist_ok=True)
-    image_grid([images], col_labels=[*cfg.validation_prompts, "held-out photo"], title=f"{cfg.name}, step {step}").savefig(folder / f"step_{step:05d}.png", dpi=72)
+    image_grid([images], col_labels=[*cfg.validation_prompts, "held-out photo"], title=f"{cfg.name}, step {step}").savefig(
+        folder / f"step_{step:05d}.png", dpi=72
+    )
 
 
 def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, seconds: float) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
-    info = {"steps": cfg.steps, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size, "gradient_accumulation": cfg.gradient_accumulation, "seed": cfg.seed, "resolution": get_profile(cfg.profile).resolution}
+    info = {
+        "steps": cfg.steps,
+        "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.batch_size,
+        "gradient_accumulation": cfg.gradient_accumulation,
+        "seed": cfg.seed,
+        "resolution": get_profile(cfg.profile).resolution,
+    }
     files = save_adapter(pipe.unet, pipe.text_encoder, cfg.adapter(), run_dir, cfg.name, info)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (run_dir / "losses.json").write_text(json.dumps({"losses": losses, "resumed_from": start, "seconds_this_session": round(seconds, 2)}))
@@ -410,3 +469,18 @@ def before_after_grid(results: dict[str, TrainResult]):
         labels.append(name)
     columns = [p[:24] + "..." for p in first.validation_prompts] + ["held-out photo"]
     return image_grid(rows, row_labels=labels, col_labels=columns)
+
+
+def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:
+    """Make sure each demo style has a trained adapter (building its dataset and training it if needed).
+
+    Lets any later notebook run on its own. Returns style -> adapter folder.
+    """
+    datasets = ensure_demo_sets(styles, get_profile(profile).resolution, seed)
+    folders = {}
+    for style in styles:
+        folder = outputs_dir() / "loras" / style
+        if not (folder / "pytorch_lora_weights.safetensors").exists():
+            train_adapter(TrainConfig(name=style, dataset=str(datasets[style]), profile=profile, seed=seed))
+        folders[style] = folder
+    return folders

@@ -36,3 +36,22 @@ def kill_once_written(process, path, timeout=300):
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+
+
+DEMO_STYLES = ["anime", "watercolor", "oil_painting", "pencil_sketch", "3d"]
+
+
+@pytest.fixture(scope="session")
+def trained_outputs(tmp_path_factory):
+    """An outputs folder with every demo style trained on the tiny profile (once per test session)."""
+    from stylekit.train import ensure_trained
+
+    folder = tmp_path_factory.mktemp("trained_outputs")
+    previous = os.environ.get("STYLEKIT_OUTPUTS")
+    os.environ["STYLEKIT_OUTPUTS"] = str(folder)
+    ensure_trained(DEMO_STYLES, "tiny")
+    yield folder
+    if previous is None:
+        os.environ.pop("STYLEKIT_OUTPUTS", None)
+    else:
+        os.environ["STYLEKIT_OUTPUTS"] = previous

@@ -22,7 +22,10 @@ def _notebook(path, cells):
 def two_cell_notebook(tmp_path):
     return _notebook(
         tmp_path / "01_hello.ipynb",
-        [("greeting = 'hello'\nout_file = 'out.txt'", ["parameters"]), ("from pathlib import Path\nPath(out_file).write_text(greeting)", [])],
+        [
+            ("greeting = 'hello'\nout_file = 'out.txt'", ["parameters"]),
+            ("from pathlib import Path\nPath(out_file).write_text(greeting)", []),
+        ],
     )
 
 

@@ -82,7 +82,16 @@ def test_check_reports_every_bad_file_and_keeps_the_good_ones(messy_folder):
     report = check_dataset(messy_folder)
     reasons = {p.file: p.reason for p in report.problems}
     usable = {s.path.name for s in report.samples}
-    assert usable == {"good.png", "exif_rotated.jpg", "gray.png", "rgba.png", "cmyk.jpg", "sixteen_bit.png", "palette.png", "café photo ü.png"}
+    assert usable == {
+        "good.png",
+        "exif_rotated.jpg",
+        "gray.png",
+        "rgba.png",
+        "cmyk.jpg",
+        "sixteen_bit.png",
+        "palette.png",
+        "café photo ü.png",
+    }
     assert "truncated" in reasons["truncated.jpg"]
     assert "not an image" in reasons["not_an_image.png"]
     assert "empty file" in reasons["empty.jpg"]

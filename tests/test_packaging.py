@@ -14,7 +14,7 @@ def _normalise(requirement: str) -> str:
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     # the installed metadata is built from pyproject.toml
     requirements = importlib.metadata.requires("stylekit")
-    wanted = {_normalise(r.split(";")[0]) for r in requirements if "extra" not in r or "extra == \"test\"" in r}
+    wanted = {_normalise(r.split(";")[0]) for r in requirements if "extra" not in r or 'extra == "test"' in r}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_normalise(r) for r in pip_section if not r.startswith("-e")}

@@ -9,7 +9,22 @@ from safetensors.torch import load_file
 from stylekit.checkpoints import load_checkpoint
 from stylekit.tiny import PretrainConfig, build_tokenizer
 
-SMOKE = ["--scene-count", "24", "--crops-per-photo", "2", "--vae-steps", "4", "--vae-batch", "4", "--unet-steps", "40", "--unet-batch", "4", "--checkpoint-every", "5"]
+SMOKE = [
+    "--scene-count",
+    "24",
+    "--crops-per-photo",
+    "2",
+    "--vae-steps",
+    "4",
+    "--vae-batch",
+    "4",
+    "--unet-steps",
+    "40",
+    "--unet-batch",
+    "4",
+    "--checkpoint-every",
+    "5",
+]
 
 
 def _train(out, work):
@@ -54,6 +69,18 @@ def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path):
 def test_resume_refuses_a_different_run(tmp_path):
     first = _train(tmp_path / "out", tmp_path / "work")
     assert first.wait(timeout=600) == 0
-    cmd = [sys.executable, "-m", "stylekit.tiny", "train", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), *SMOKE, "--seed", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stylekit.tiny",
+        "train",
+        "--out",
+        str(tmp_path / "out"),
+        "--work",
+        str(tmp_path / "work"),
+        *SMOKE,
+        "--seed",
+        "3",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "other settings or data" in result.stderr

@@ -38,7 +38,9 @@ def _adapter_tensors(folder, name):
 
 
 def test_both_files_load_back_with_identical_output(anime_set, outputs):
-    result = train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=6, learning_rate=5e-3, checkpoint_every=3), progress=False)
+    result = train_adapter(
+        TrainConfig(name="anime", dataset=str(anime_set), steps=6, learning_rate=5e-3, checkpoint_every=3), progress=False
+    )
     in_memory = _image(result.pipeline)
     base = _image(load_pipeline("tiny"))
     assert np.abs(in_memory - base).max() > 1e-3  # the adapter changes the output
@@ -58,7 +60,22 @@ def test_both_files_load_back_with_identical_output(anime_set, outputs):
 
 def _train_cli(dataset, outputs_dir, name, extra=()):
     env = dict(os.environ, STYLEKIT_OUTPUTS=str(outputs_dir))
-    cmd = [sys.executable, "-m", "stylekit", "train", str(dataset), "--name", name, "--steps", "30", "--checkpoint-every", "4", "--learning-rate", "5e-3", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stylekit",
+        "train",
+        str(dataset),
+        "--name",
+        name,
+        "--steps",
+        "30",
+        "--checkpoint-every",
+        "4",
+        "--learning-rate",
+        "5e-3",
+        *extra,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -99,7 +116,9 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(anime_set, outputs):
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(anime_set, outputs):
-    config = TrainConfig(name="exploding", dataset=str(anime_set), steps=20, learning_rate=1e30, warmup_steps=0, lr_scheduler="constant", checkpoint_every=1)
+    config = TrainConfig(
+        name="exploding", dataset=str(anime_set), steps=20, learning_rate=1e30, warmup_steps=0, lr_scheduler="constant", checkpoint_every=1
+    )
     with pytest.raises(TrainingDiverged, match="loss became .* at step .*Lower the learning rate"):
         train_adapter(config, progress=False)
     _, state = load_checkpoint(outputs / "loras" / "exploding" / CHECKPOINT)
@@ -122,7 +141,12 @@ def test_adapter_options_train_and_reload(anime_set, outputs, options):
 
 
 def test_gradient_accumulation_and_min_snr_run(anime_set, outputs):
-    result = train_adapter(TrainConfig(name="accum", dataset=str(anime_set), steps=2, batch_size=2, gradient_accumulation=3, min_snr_gamma=None, noise_offset=0.05), progress=False)
+    result = train_adapter(
+        TrainConfig(
+            name="accum", dataset=str(anime_set), steps=2, batch_size=2, gradient_accumulation=3, min_snr_gamma=None, noise_offset=0.05
+        ),
+        progress=False,
+    )
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
 
 
@@ -138,7 +162,29 @@ def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, t
     single = [sys.executable, "-m", "stylekit", "train", str(anime_set), "--name", "ddp", "--batch-size", "4", *common]
     subprocess.run(single, env=env, check=True, timeout=600, capture_output=True)
     env["STYLEKIT_OUTPUTS"] = str(tmp_path / "two")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "stylekit", "train", str(anime_set), "--name", "ddp", "--batch-size", "2", *common]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--cpu",
+        "-m",
+        "stylekit",
+        "train",
+        str(anime_set),
+        "--name",
+        "ddp",
+        "--batch-size",
+        "2",
+        *common,
+    ]
     result = subprocess.run(launch, env=env, timeout=600, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _adapter_tensors(tmp_path / "one" / "loras" / "ddp", "ddp"), _adapter_tensors(tmp_path / "two" / "loras" / "ddp", "ddp")

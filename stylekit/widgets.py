@@ -1,0 +1,148 @@
+"""ipywidgets front ends: the stylizer app.
+
+The app holds no logic of its own: each button or slider calls one
+:class:`~stylekit.stylize.Stylizer` function, so pytest drives it by setting
+widget values and pressing buttons, without a browser.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+
+import ipywidgets as widgets
+from PIL import Image
+
+from .data import decode_image, load_photos
+from .paths import outputs_dir
+from .stylize import Stylizer, blend, save_with_recipe
+
+__all__ = ["StylizerApp"]
+
+NO_STYLE = "(none)"
+
+
+def _png(image: Image.Image, size: int = 256) -> bytes:
+    """PNG bytes of ``image`` scaled so its long side is ``size`` (crisp nearest-neighbour for tiny images)."""
+    scale = size / max(image.size)
+    shown = image.resize(
+        (round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    )
+    buffer = io.BytesIO()
+    shown.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class StylizerApp:
+    """Upload a photo (or pick a sample), choose a style or a blend of two, set the strengths, press Generate."""
+
+    def __init__(self, stylizer: Stylizer | None = None, model: str = "tiny"):
+        self.stylizer = stylizer or Stylizer(model)
+        defaults = self.stylizer.profile.inference
+        styles = list(self.stylizer.styles) or [NO_STYLE]
+        self.samples = {p.file_name: p.image for p in load_photos()}
+        self.result: tuple | None = None
+        slider = {"continuous_update": False, "style": {"description_width": "140px"}, "layout": widgets.Layout(width="420px")}
+
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload photo")
+        self.sample = widgets.Dropdown(
+            options=list(self.samples), description="or a sample", value="chelsea.jpg" if "chelsea.jpg" in self.samples else None
+        )
+        self.style = widgets.Dropdown(options=styles, description="style")
+        self.second_style = widgets.Dropdown(options=[NO_STYLE, *self.stylizer.styles], description="second style")
+        self.blend = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description="second style share", **slider)
+        self.style_strength = widgets.FloatSlider(
+            value=defaults.style_strength, min=0.0, max=1.5, step=0.05, description="style strength", **slider
+        )
+        self.content_strength = widgets.FloatSlider(
+            value=defaults.content_strength, min=0.0, max=1.0, step=0.05, description="content preservation", **slider
+        )
+        self.seed = widgets.IntText(value=0, description="seed")
+        self.steps = widgets.IntSlider(value=defaults.steps, min=2, max=60, description="steps", **slider)
+        self.live = widgets.Checkbox(value=False, description="update when a slider is released")
+        self.generate = widgets.Button(description="Generate", button_style="primary", icon="magic")
+        self.save = widgets.Button(description="Save", icon="save", disabled=True)
+        self.before = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
+        self.after = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
+        self.status = widgets.HTML()
+        for control, name in (
+            (self.after, "after"),
+            (self.before, "before"),
+            (self.content_strength, "content"),
+            (self.generate, "generate"),
+        ):
+            control.add_class(f"stylekit-{name}")  # stable handles for the browser test
+
+        self.generate.on_click(lambda _: self.run())
+        self.save.on_click(lambda _: self.save_result())
+        self.upload.observe(lambda _: self.show_photo(), names="value")
+        self.sample.observe(lambda _: self.show_photo(), names="value")
+        for control in (self.style, self.second_style, self.blend, self.style_strength, self.content_strength, self.seed, self.steps):
+            control.observe(self._on_change, names="value")
+        self.show_photo()
+
+    def photo(self) -> Image.Image:
+        """The uploaded photo, or the chosen sample."""
+        if self.upload.value:
+            upload = self.upload.value[0]
+            return decode_image(bytes(upload["content"]), upload["name"])
+        return self.samples[self.sample.value]
+
+    def show_photo(self) -> None:
+        self.before.value = _png(self.photo())
+
+    def run(self) -> None:
+        """Stylize the photo with the current settings."""
+        if self.style.value == NO_STYLE:
+            self.status.value = "No trained style found: train one in notebook 02 first."
+            return
+        second = None if self.second_style.value == NO_STYLE else self.second_style.value
+        styles = blend(self.style.value, second, self.blend.value)
+        image, recipe = self.stylizer.stylize(
+            self.photo(),
+            styles,
+            style_strength=self.style_strength.value,
+            content_strength=self.content_strength.value,
+            seed=self.seed.value,
+            steps=self.steps.value,
+        )
+        self.result = (image, recipe)
+        self.after.value = _png(image)
+        self.save.disabled = False
+        self.status.value = f"<code>{recipe.parameters().splitlines()[0]}</code>"
+
+    def save_result(self) -> None:
+        """Save the last result, with its recipe, to ``outputs/stylized/``."""
+        image, recipe = self.result
+        path = save_with_recipe(image, recipe, outputs_dir() / "stylized" / f"{datetime.now():%Y%m%d-%H%M%S-%f}.png")
+        self.status.value = f"saved {path.name} in outputs/stylized"
+
+    def _on_change(self, _) -> None:
+        if self.live.value:
+            self.run()
+
+    @property
+    def widget(self) -> widgets.Widget:
+        controls = widgets.VBox(
+            [
+                widgets.HBox([self.upload, self.sample]),
+                self.style,
+                self.second_style,
+                self.blend,
+                self.style_strength,
+                self.content_strength,
+                self.steps,
+                self.seed,
+                self.live,
+                widgets.HBox([self.generate, self.save]),
+            ]
+        )
+        pictures = widgets.HBox(
+            [widgets.VBox([widgets.HTML("<b>before</b>"), self.before]), widgets.VBox([widgets.HTML("<b>after</b>"), self.after])]
+        )
+        return widgets.VBox([controls, pictures, self.status])
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylekit import stylize
+from stylekit.cli import main
+from stylekit.data import load_photos
+from stylekit.stylize import Stylizer, blend, read_recipe, reproduce, save_with_recipe
+
+TWO_STYLES = ["anime", "watercolor"]
+
+
+@pytest.fixture(scope="module")
+def stylizer(trained_outputs):
+    return Stylizer("tiny")
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return next(p.image for p in load_photos() if p.file_name == "coffee.jpg").resize((100, 60))
+
+
+def _array(image):
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def test_output_keeps_the_photos_size_and_aspect(stylizer, photo):
+    image, recipe = stylizer.stylize(photo, "anime", content_strength=0.5)
+    assert image.size == photo.size
+    width, height = recipe.work_size
+    assert width % stylizer.multiple == 0 and height % stylizer.multiple == 0 and width > height
+
+
+def test_content_strength_one_returns_the_photo(stylizer, photo):
+    image, _ = stylizer.stylize(photo, "anime", content_strength=1.0)
+    assert np.abs(_array(image) - _array(photo)).mean() < 0.05
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        stylizer.stylize(photo, "anime", content_strength=1.5)
+
+
+def test_style_strength_zero_is_the_base_model(stylizer, photo):
+    anime_off, _ = stylizer.stylize(photo, "anime", style_strength=0.0)
+    watercolor_off, _ = stylizer.stylize(photo, "watercolor", style_strength=0.0)
+    anime_on, _ = stylizer.stylize(photo, "anime", style_strength=1.0)
+    np.testing.assert_array_equal(_array(anime_off), _array(watercolor_off))  # no adapter active in either
+    assert np.abs(_array(anime_on) - _array(anime_off)).mean() > 1e-3
+
+
+def test_blending_two_styles(stylizer, photo):
+    assert blend("anime") == {"anime": 1.0} and blend("anime", "watercolor", 0.25) == {"anime": 0.75, "watercolor": 0.25}
+    assert blend("anime", "watercolor", 1.0) == {"watercolor": 1.0}
+    mixed, recipe = stylizer.stylize(photo, blend("anime", "watercolor", 0.5))
+    anime, _ = stylizer.stylize(photo, "anime")
+    watercolor, _ = stylizer.stylize(photo, "watercolor")
+    assert np.abs(_array(mixed) - _array(anime)).mean() > 1e-4 and np.abs(_array(mixed) - _array(watercolor)).mean() > 1e-4
+    assert "<lora:anime:0.5> <lora:watercolor:0.5>" in recipe.parameters()
+
+
+def test_switching_styles_never_reloads(stylizer, photo, monkeypatch):
+    for style in TWO_STYLES:
+        stylizer.stylize(photo, style)
+    loads = []
+    monkeypatch.setattr(stylizer.pipe, "load_lora_weights", lambda *a, **k: loads.append(a))
+    unet = stylizer.pipe.unet
+    for style in [*TWO_STYLES, blend(*TWO_STYLES, 0.3)]:
+        for strength in (0.3, 1.0):
+            stylizer.stylize(photo, style, style_strength=strength)
+    assert loads == [] and stylizer.pipe.unet is unet
+
+
+def test_unknown_style_is_a_clear_error(stylizer, photo):
+    with pytest.raises(KeyError, match="no trained style 'cubism'; styles found: .*anime"):
+        stylizer.stylize(photo, "cubism")
+
+
+def test_recipe_in_png_reproduces_pixel_identical(stylizer, photo, tmp_path):
+    image, recipe = stylizer.stylize(
+        photo, {"anime": 0.6, "watercolor": 0.4}, style_strength=0.9, content_strength=0.4, seed=7, prompt="a cup of coffee"
+    )
+    path = save_with_recipe(image, recipe, tmp_path / "out.png")
+    with Image.open(path) as saved:
+        parameters = saved.text["parameters"]
+    assert parameters.startswith("anime style, watercolor style, a cup of coffee <lora:anime:0.54> <lora:watercolor:0.36>")
+    assert "Steps: 20" in parameters and "Seed: 7" in parameters and "Denoising strength: 0.6" in parameters
+    stored = read_recipe(path)
+    assert stored.seed == 7 and stored.styles == {"anime": 0.6, "watercolor": 0.4} and stored.source.size == recipe.work_size
+    again = reproduce(path, tmp_path / "again.png", stylizer=stylizer)
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(path)))
+
+
+def test_reproduce_refuses_a_changed_adapter(stylizer, photo, tmp_path, monkeypatch):
+    image, recipe = stylizer.stylize(photo, "anime", seed=1)
+    path = save_with_recipe(image, recipe, tmp_path / "out.png")
+    monkeypatch.setattr(stylize, "_file_hash", lambda _: "something-else")
+    with pytest.raises(ValueError, match="has changed"):
+        reproduce(path, tmp_path / "again.png", stylizer=stylizer)
+
+
+def test_cli_stylizes_a_folder_and_reproduces(trained_outputs, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in load_photos(split="held_out"):
+        p.image.save(folder / p.file_name)
+    out = tmp_path / "stylized"
+    code = main(
+        [
+            "stylize",
+            str(folder),
+            str(out),
+            "--style",
+            "anime=0.7",
+            "--style",
+            "watercolor=0.3",
+            "--style-strength",
+            "0.8",
+            "--content-strength",
+            "0.5",
+            "--seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    written = sorted(out.glob("*.png"))
+    assert [p.name for p in written] == ["chelsea.png", "coffee.png"]
+    assert main(["reproduce", str(written[0]), str(tmp_path / "again.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(written[0])))
