@@ -28,7 +28,7 @@ def test_generate_then_save_with_recipe(app, trained_outputs):
     app.style_strength.value = 0.8
     app.generate.click()
     assert app.after.value and not app.save.disabled
-    image, recipe = app.result
+    recipe = app.result[1]
     assert recipe.styles == {"oil_painting": 1.0} and recipe.content_strength == 0.4 and recipe.style_strength == 0.8
     app.save.click()
     saved = sorted((trained_outputs / "stylized").glob("*.png"))
