@@ -230,7 +230,7 @@ def _is_sdxl_checkpoint(path: Path) -> bool:
     if path.suffix.lower() != ".safetensors":
         return False
     with safe_open(str(path), framework="pt") as handle:
-        return any(key.startswith("conditioner.embedders.1.") for key in handle)
+        return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())  # noqa: SIM118 (safe_open is not iterable)
 
 
 def _load_from_hub(model_id: str, torch_dtype, allow_pickle: bool) -> DiffusionPipeline:

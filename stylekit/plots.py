@@ -72,7 +72,7 @@ def show(fig, format: str = "jpeg", quality: int = 85) -> None:
 
     buffer = io.BytesIO()
     options = {"pil_kwargs": {"quality": quality}} if format == "jpeg" else {}
-    fig.savefig(buffer, format=format, dpi=fig.dpi, **options)
+    fig.savefig(buffer, format=format, dpi=fig.dpi, bbox_inches="tight", **options)
     plt.close(fig)
     display(InlineImage(buffer.getvalue()))
 

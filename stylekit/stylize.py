@@ -216,8 +216,6 @@ class Stylizer:
             num_inference_steps=recipe.steps,
             guidance_scale=recipe.guidance,
             generator=generator,
-            height=recipe.work_size[1],
-            width=recipe.work_size[0],
         ).images[0]
         return result.resize(tuple(recipe.size), Image.Resampling.LANCZOS)
 

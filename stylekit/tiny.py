@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections import Counter
 import json
 import math
 import shutil
@@ -28,7 +29,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from tokenizers import pre_tokenizers
-from tokenizers.trainers import BpeTrainer
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -76,23 +76,47 @@ class PretrainConfig:
 # ---------------------------------------------------------------------------
 
 
+def _bpe_merges(words: Counter, budget: int) -> list[tuple[str, str]]:
+    """Byte-pair merges learned from word counts; ties break on the pair itself, so the result is deterministic."""
+    splits = {word: list(word[:-1]) + [word[-1] + "</w>"] for word in words}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < budget:
+        pairs: Counter = Counter()
+        for word, count in words.items():
+            symbols = splits[word]
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda pair: (pairs[pair], pair))
+        merges.append(best)
+        for word, symbols in splits.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            splits[word] = merged
+    return merges
+
+
 def build_tokenizer(captions: list[str], vocab_size: int, max_tokens: int) -> CLIPTokenizer:
-    """Train a byte-level BPE vocabulary (CLIP's format) on ``captions``, offline."""
-    tokenizer = CLIPTokenizer(vocab={BOS: 0, EOS: 1}, merges=[])
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend = tokenizer.backend_tokenizer
-    backend.train_from_iterator(captions, trainer)
-    vocab = backend.get_vocab()
-    merges = [tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):  # any text stays encodable
-        for token in (char, char + "</w>"):
-            vocab.setdefault(token, len(vocab))
+    """A byte-level BPE vocabulary in CLIP's format, learned from ``captions`` offline and deterministically."""
+    splitter = CLIPTokenizer(vocab={BOS: 0, EOS: 1}, merges=[]).backend_tokenizer
+    words: Counter = Counter()
+    for caption in captions:
+        normalized = splitter.normalizer.normalize_str(caption)
+        words.update(piece for piece, _ in splitter.pre_tokenizer.pre_tokenize_str(normalized))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {BOS: 0, EOS: 1}
+    for token in alphabet + [char + "</w>" for char in alphabet]:  # any text stays encodable
+        vocab[token] = len(vocab)
+    merges = _bpe_merges(words, vocab_size - len(vocab))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)
 
 
@@ -342,7 +366,7 @@ def pretrain(out: Path, work: Path, config: PretrainConfig) -> StableDiffusionPi
     pixels, captions, is_photo = training_pool(config)
     digest = data_hash(pixels, captions)
     _check_same_run(work, config, digest)
-    tokenizer = build_tokenizer(captions + [config.extra_words] * 5, config.vocab_size, config.max_tokens)
+    tokenizer = _run_tokenizer(work, captions + [config.extra_words] * 5, config)
     vae, unet, text_encoder = build_vae(config), build_unet(config), build_text_encoder(config, len(tokenizer))
 
     vae_losses = train_vae(vae, pixels, is_photo, config, work)
@@ -372,6 +396,16 @@ def pretrain(out: Path, work: Path, config: PretrainConfig) -> StableDiffusionPi
     np.save(work / "losses_vae.npy", np.array(vae_losses))
     np.save(work / "losses_unet.npy", np.array(unet_losses))
     return pipe
+
+
+def _run_tokenizer(work: Path, captions: list[str], config: PretrainConfig) -> CLIPTokenizer:
+    """The run's tokenizer: built once, then reused when the run resumes."""
+    folder = work / "tokenizer"
+    if folder.exists():
+        return CLIPTokenizer.from_pretrained(folder)
+    tokenizer = build_tokenizer(captions, config.vocab_size, config.max_tokens)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
 
 
 def _check_same_run(work: Path, config: PretrainConfig, digest: str) -> None:

@@ -143,10 +143,10 @@ def write_model_card(model_dir: Path) -> dict:
         [[images["originals"][i], images["reconstructions"][i], images["img2img"][i]] for i in range(n)],
         col_labels=["held-out photo", "autoencoder", "img2img 0.5"],
     )
-    photo_grid.savefig(model_dir / "held_out.png", dpi=80)
+    photo_grid.savefig(model_dir / "held_out.png", dpi=80, bbox_inches="tight")
     samples = images["samples"]
     sample_grid = image_grid([samples[i : i + 4] for i in range(0, len(samples), 4)], row_labels=[p[:28] + "..." for p in PROMPTS])
-    sample_grid.savefig(model_dir / "samples.png", dpi=80)
+    sample_grid.savefig(model_dir / "samples.png", dpi=80, bbox_inches="tight")
     training = json.loads((model_dir / "training.json").read_text())
     (model_dir / "README.md").write_text(_card_text(figures, training))
     return figures

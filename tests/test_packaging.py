@@ -1,14 +1,16 @@
 import importlib.metadata
-import re
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _normalise(requirement: str) -> str:
-    return re.sub(r"\s+", "", requirement).lower()
+def _normalise(requirement: str) -> tuple[str, SpecifierSet]:
+    parsed = Requirement(requirement)
+    return parsed.name.lower(), parsed.specifier
 
 
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():

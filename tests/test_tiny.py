@@ -37,7 +37,7 @@ def _unet_weights(folder):
 
 
 def test_tokenizer_is_built_offline_in_clip_format():
-    tokenizer = build_tokenizer(["a red house by a lake"] * 5, vocab_size=300, max_tokens=16)
+    tokenizer = build_tokenizer(["a red house by a lake"] * 5, vocab_size=600, max_tokens=16)
     ids = tokenizer("a red house", padding="max_length", max_length=16).input_ids
     assert len(ids) == 16 and ids[0] == tokenizer.bos_token_id
     assert tokenizer.convert_ids_to_tokens(ids[1:4]) == ["a</w>", "red</w>", "house</w>"]
@@ -84,3 +84,9 @@ def test_resume_refuses_a_different_run(tmp_path):
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "other settings or data" in result.stderr
+
+
+def test_tokenizer_is_deterministic():
+    captions = ["two trees on green hills under a blue sky", "a red house and a tree on sand dunes", "a photo of a rocket launch"] * 3
+    first, second = build_tokenizer(captions, 700, 32), build_tokenizer(captions, 700, 32)
+    assert first.get_vocab() == second.get_vocab()
