@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
@@ -106,10 +106,9 @@ def save_adapter(unet, text_encoder, spec: AdapterSpec, folder: Path, name: str,
     """Write both files of a trained adapter into ``folder``; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     state = adapter_state(unet, text_encoder, spec)
-    unet_layers = {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state["unet"]).items()}
-    text_layers = None
-    if "text_encoder" in state:
-        text_layers = {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state["text_encoder"]).items()}
+    # peft key names (lora_A / lora_B), which diffusers loads as they are, for linear and conv layers alike
+    unet_layers = {k: v.detach().float().cpu().contiguous() for k, v in state["unet"].items()}
+    text_layers = {k: v.detach().float().cpu().contiguous() for k, v in state["text_encoder"].items()} if "text_encoder" in state else None
     atomic_write(
         folder / DIFFUSERS_WEIGHTS,
         lambda tmp: StableDiffusionPipeline.save_lora_weights(

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .adapters import AdapterSpec, attach_adapter, save_adapter, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
-from .models import as_task, load_pipeline, tokenize
+from .models import as_task, load_pipeline, pick_device, tokenize
 from .paths import outputs_dir
 from .plots import image_grid, loss_curve
 from .profiles import get_profile
@@ -335,8 +335,9 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train one style adapter as described by ``config``; resumes from its checkpoint if there is one."""
     cfg = config.resolved()
     resolution = get_profile(cfg.profile).resolution
+    on_cpu = pick_device().type == "cpu"  # cpu=True also makes several launched CPU processes one DDP group
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no"
+        gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision="no" if on_cpu else cfg.mixed_precision, cpu=on_cpu
     )
     torch.manual_seed(cfg.seed)
     pipe = load_pipeline(

@@ -174,7 +174,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, t
         "no",
         "--dynamo_backend",
         "no",
-        "--cpu",
+        "--multi_gpu",
         "-m",
         "stylekit",
         "train",
