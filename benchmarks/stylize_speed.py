@@ -14,15 +14,12 @@ Prints a table and appends it to ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from common import NO_GPU, machine, publish
 
 
 def _median_seconds(function, repeats: int) -> float:
@@ -81,9 +78,8 @@ def sd15_unet_steps_per_second(compiled: bool, fused: bool, steps: int = 30) -> 
 def main() -> None:
     figures = tiny_figures()
     share = figures["switch_seconds"] / figures["seconds_per_image"]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     lines = [
-        f"### Stylization speed, tiny profile ({date.today()}, {machine})",
+        f"### Stylization speed, tiny profile ({date.today()}, {machine()})",
         "",
         "| measure | value |",
         "| --- | --- |",
@@ -106,11 +102,8 @@ def main() -> None:
                 )
         lines.append("")
     else:
-        lines += ["No CUDA GPU on this machine: the SD 1.5 measurements were not run.", ""]
-    text = "\n".join(lines)
-    print(text)
-    with RESULTS.open("a") as handle:
-        handle.write(text + "\n")
+        lines += [NO_GPU, ""]
+    publish(lines)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -28,8 +27,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from common import NO_GPU, machine, publish
 
 
 def _peak_memory_mb() -> float:
@@ -147,9 +145,8 @@ def main() -> None:
         dataset = str(build_demo_sets(tmp, ["anime"], count=32)["anime"])
         plain = _in_subprocess("run_plain", dataset=dataset, steps=args.steps, batch=args.batch)
         cached = _in_subprocess("run_stylekit", dataset=dataset, steps=args.steps, batch=args.batch)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     lines = [
-        f"### Training speed, tiny profile ({date.today()}, {machine})",
+        f"### Training speed, tiny profile ({date.today()}, {machine()})",
         "",
         f"LoRA rank 4 on the UNet attention, batch {args.batch}, {args.steps} steps, 32 anime images at 64 px.",
         "",
@@ -175,11 +172,8 @@ def main() -> None:
                 lines.append(f"| {batch} | {'on' if checkpointing else 'off'} | {r['images_per_second']:.2f} | {r['peak_mb']:.0f} |")
         lines.append("")
     else:
-        lines += ["No CUDA GPU on this machine: the SD 1.5 measurements were not run.", ""]
-    text = "\n".join(lines)
-    print(text)
-    with RESULTS.open("a") as handle:
-        handle.write(text + "\n")
+        lines += [NO_GPU, ""]
+    publish(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""What the benchmark scripts share: the machine's description and where results go."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+NO_GPU = "No CUDA GPU on this machine: the SD 1.5 measurements were not run."
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def publish(lines: list[str]) -> None:
+    """Print a result section and append it to RESULTS.md."""
+    text = "\n".join(lines)
+    print(text)
+    with RESULTS.open("a") as handle:
+        handle.write(text + "\n")
