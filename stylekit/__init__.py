@@ -5,4 +5,16 @@ The package backs the course notebooks; each module owns one step of the story
 ``from stylekit.models import load_pipeline``.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+
+class _TorchvisionNotice(logging.Filter):
+    """diffusers imports CLIP's image processors, which stylekit never uses; their notice that torchvision is absent is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionNotice())

@@ -153,6 +153,8 @@ def quiet_loading():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            # several style adapters in one model is what the stylizer wants
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
             yield
     finally:
         diffusers_logging.set_verbosity(verbosity)
