@@ -62,15 +62,19 @@ def test_upload_slide_generate_in_a_real_browser(server, tmp_path):
         page.goto(server, timeout=300_000)
         generate = page.locator(".stylekit-generate")
         generate.wait_for(timeout=300_000)
-        page.locator("input[type=file]").set_input_files(str(photo))
+        upload = page.locator("button", has_text="Upload photo")
+        with page.expect_file_chooser() as chooser:  # the upload widget opens a file dialog
+            upload.click()
+        chooser.value.set_files(str(photo))
+        page.locator("button", has_text="Upload photo (1)").wait_for(timeout=30_000)
         readout = page.locator(".stylekit-content .widget-readout")
         before_value = readout.inner_text()
         page.locator(".stylekit-content .noUi-handle").press("ArrowLeft")
         page.wait_for_function(
             "v => document.querySelector('.stylekit-content .widget-readout').innerText !== v", arg=before_value, timeout=30_000
         )
-        after = page.locator("img.stylekit-after")
-        assert not after.get_attribute("src")
+        empty = "() => document.querySelector('img.stylekit-after').naturalWidth === 0"
+        assert page.evaluate(empty)  # nothing generated yet
         generate.click()
         page.wait_for_function(
             "() => { const i = document.querySelector('img.stylekit-after'); return i && i.src && i.naturalWidth > 0; }", timeout=120_000

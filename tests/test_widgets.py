@@ -1,4 +1,5 @@
 import io
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -46,7 +47,15 @@ def test_upload_replaces_the_sample(app):
     buffer = io.BytesIO()
     Image.new("RGB", (90, 50), (200, 30, 30)).save(buffer, format="PNG")
     content = buffer.getvalue()
-    app.upload.value = ({"name": "red.png", "type": "image/png", "size": len(content), "content": memoryview(content), "last_modified": 0},)
+    app.upload.value = (
+        {
+            "name": "red.png",
+            "type": "image/png",
+            "size": len(content),
+            "content": memoryview(content),
+            "last_modified": datetime.now(timezone.utc),
+        },
+    )
     assert app.photo().size == (90, 50)
     assert _decoded(app.before.value)[..., 0].mean() > 150
     app.generate.click()
