@@ -199,6 +199,10 @@ caption and keeps a photo's composition through img2img. It cannot draw recognis
 photographs, and fine detail is limited by the {config["resolution"]} px resolution. It exists so the course runs
 offline in minutes; switch the profile to `sd15` or `sdxl` for real results.
 
+A known weakness: img2img keeps the photo's mean colour even at strength 1.0 (the 16 x 16 latent's average
+survives Stable Diffusion's noise schedule, and the model was trained without offset noise), so style adapters
+trained on it change photos less than they change text-to-image samples.
+
 ## License
 
 The weights were trained by the stylekit project on data it may ship (see `data/LICENSES.md`) and are
