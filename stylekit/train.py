@@ -218,12 +218,9 @@ def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
 
 
-def _global_batch(latents, count: int, sizes: dict[int, tuple], batch: int, flip: bool, generator) -> tuple[list[int], torch.Tensor]:
+def _global_batch(buckets: dict[tuple[int, int], list[int]], batch: int, flip: bool, generator) -> tuple[list[int], torch.Tensor]:
     """Indices of one global micro-batch (all from one size bucket) and a mirror flag per item."""
-    buckets: dict[tuple, list[int]] = {}
-    for index in range(count):
-        buckets.setdefault(sizes[index], []).append(index)
-    keys = sorted(buckets)
+    keys = sorted(buckets, key=lambda size: (size[1], size[0]))  # by height, then width
     weights = torch.tensor([len(buckets[k]) for k in keys], dtype=torch.float)
     bucket = buckets[keys[int(torch.multinomial(weights, 1, generator=generator))]]
     picks = [bucket[i] for i in torch.randint(len(bucket), (batch,), generator=generator).tolist()]
@@ -239,12 +236,11 @@ def _snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float
     return torch.clamp(snr, max=gamma) / snr
 
 
-def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, step, micro, accelerator) -> torch.Tensor:
+def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, buckets, step, micro, accelerator) -> torch.Tensor:
     """The loss of this process's share of one global micro-batch."""
     generator = _step_generator(cfg.seed, step, micro)
-    sizes = {i: tuple(latents[f"latent.{i}"].shape) for i in range(len(dataset))}
     global_batch = cfg.batch_size * accelerator.num_processes
-    picks, mirrored = _global_batch(latents, len(dataset), sizes, global_batch, cfg.flip, generator)
+    picks, mirrored = _global_batch(buckets, global_batch, cfg.flip, generator)
     x0 = torch.stack([latents[f"latent_flip.{i}" if m else f"latent.{i}"] for i, m in zip(picks, mirrored.tolist())])
     noise = torch.randn(x0.shape, generator=generator)
     if cfg.noise_offset:
@@ -372,6 +368,7 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
     start, losses = _resume(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler)
     photo = center_square(load_photos(split="held_out")[0].image, resolution)
 
+    buckets = dataset.buckets()  # item indices by image size, fixed for the run
     unet.train()
     started = time.perf_counter()
     bar = tqdm(
@@ -387,7 +384,7 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
         for micro in range(cfg.gradient_accumulation):
             sync = micro == cfg.gradient_accumulation - 1
             with nullcontext() if sync else accelerator.no_sync(unet):
-                loss = _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, step, micro, accelerator)
+                loss = _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, buckets, step, micro, accelerator)
                 accelerator.backward(loss / cfg.gradient_accumulation)
             step_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / cfg.gradient_accumulation
         if not math.isfinite(step_loss):
