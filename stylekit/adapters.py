@@ -1,18 +1,29 @@
 """Style adapters: one description (kind, rank, alpha, targets), attach, save, load.
 
-LoRA and DoRA go through peft, the way diffusers trains them. Each trained
-style is saved twice:
+LoRA and DoRA go through peft, the way diffusers trains them, and are saved twice:
 
 - ``pytorch_lora_weights.safetensors``: the diffusers layout, for
   ``pipe.load_lora_weights(folder)``;
 - ``<name>.safetensors``: a kohya-format single file (``lora_unet_...``
   keys with ``lora_down`` / ``lora_up`` / ``alpha`` and ``ss_*`` metadata) that
   AUTOMATIC1111 and ComfyUI load, and diffusers too.
+
+The LyCORIS kinds (LoCon, LoHa, LoKr, OFT, BOFT) go through the ``lycoris``
+package, targeting the same UNet layers by name, and are saved once, as
+``<name>.safetensors`` with LyCORIS's own keys (``lora_unet_...hada_w1_a``,
+``lokr_w1``, ``oft_blocks``...) that AUTOMATIC1111 and ComfyUI load; stylekit
+loads them back through ``lycoris`` with a multiplier for strength.
+
+A file is checked against the model before anything is applied: layers it
+names that the model lacks, or whose shapes differ, stop the load with an
+:class:`AdapterMismatch` that lists them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,17 +32,40 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .checkpoints import atomic_write
 from .models import quiet_loading
 
-__all__ = ["DIFFUSERS_WEIGHTS", "AdapterSpec", "adapter_state", "attach_adapter", "load_adapter", "save_adapter", "trainable_parameters"]
+__all__ = [
+    "DIFFUSERS_WEIGHTS",
+    "KINDS",
+    "AdapterMismatch",
+    "AdapterSpec",
+    "adapter_file",
+    "adapter_state",
+    "attach_adapter",
+    "load_adapter",
+    "save_adapter",
+    "set_adapter_weights",
+    "trainable_parameters",
+]
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+PEFT_KINDS = ("lora", "dora")
+LYCORIS_ALGOS = {"locon": "locon", "loha": "loha", "lokr": "lokr", "oft": "diag-oft", "boft": "boft"}  # stylekit kind -> lycoris algo
+KINDS = (*PEFT_KINDS, *LYCORIS_ALGOS)
+LYCORIS_PREFIX = "lora_unet"  # key prefix that AUTOMATIC1111 and ComfyUI expect for UNet layers
+LYCORIS_MODULE = "lycoris"  # the trained LyCORIS network is registered on the UNet under this name
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
+
+
+class AdapterMismatch(ValueError):
+    """An adapter file does not fit the model it is being loaded into."""
 
 
 @dataclass
@@ -39,29 +73,63 @@ class AdapterSpec:
     """What to train: the adapter kind, its size, and where it goes.
 
     Args:
-        kind: ``"lora"`` or ``"dora"`` (weight-decomposed LoRA).
-        rank: rank of the low-rank update (more = more capacity, bigger file).
-        alpha: the update is scaled by ``alpha / rank``.
-        target_modules: UNet module names to adapt (default: attention projections).
+        kind: ``"lora"``, ``"dora"`` (weight-decomposed LoRA), or a LyCORIS kind: ``"locon"``,
+            ``"loha"`` (Hadamard product of two low-rank pairs), ``"lokr"`` (Kronecker product),
+            ``"oft"`` (block-diagonal orthogonal fine-tuning), ``"boft"`` (butterfly OFT).
+        rank: rank of the low-rank update (LoRA, DoRA, LoCon, LoHa, LoKr); for OFT and BOFT,
+            the block size (LyCORIS's ``dim``). More = more capacity, bigger file.
+        alpha: the update is scaled by ``alpha / rank`` (low-rank kinds).
+        factor: LoKr's Kronecker factor (``-1``: as balanced as the layer allows).
+        target_modules: UNet layer names to adapt (default: attention projections).
         conv: also adapt the UNet's ResNet convolutions and attention in/out projections.
-        text_encoder: also adapt the text encoder's attention projections.
+        text_encoder: also adapt the text encoder's attention projections (LoRA and DoRA only).
     """
 
     kind: str = "lora"
     rank: int = 4
     alpha: float = 4.0
+    factor: int = -1
     target_modules: tuple[str, ...] = ATTENTION_TARGETS
     conv: bool = False
     text_encoder: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.kind not in ("lora", "dora"):
-            raise ValueError(f"unknown adapter kind {self.kind!r}: use 'lora' or 'dora'")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown adapter kind {self.kind!r}: choose one of {', '.join(KINDS)}")
+        if self.text_encoder and self.lycoris:
+            raise ValueError(f"text-encoder adapters are LoRA / DoRA only; train {self.kind!r} on the UNet (text_encoder=False)")
         self.target_modules = tuple(self.target_modules)
 
+    @property
+    def lycoris(self) -> bool:
+        """Whether this kind is trained and loaded through the lycoris package."""
+        return self.kind in LYCORIS_ALGOS
+
+    def unet_targets(self) -> list[str]:
+        return list(self.target_modules) + (list(CONV_TARGETS) if self.conv else [])
+
+    def lycoris_preset(self) -> dict:
+        """A LyCORIS preset that wraps exactly the layers named by :meth:`unet_targets`, nothing else.
+
+        LyCORIS's built-in presets wrap every linear and convolution inside whole
+        blocks (``Transformer2DModel``, ``ResnetBlock2D``...), feed-forward layers
+        included; naming the layers keeps every kind on the same targets as LoRA.
+        """
+        names = "|".join(re.escape(t) for t in self.unet_targets())
+        return {
+            "target_module": [],
+            "target_name": [rf".*\.({names})$"],
+            "module_algo_map": {},
+            "name_algo_map": {},
+            "exclude_name": [],
+            "use_fnmatch": False,
+            "enable_conv": True,
+            "lora_prefix": LYCORIS_PREFIX,
+        }
+
     def unet_config(self) -> LoraConfig:
-        targets = list(self.target_modules) + (list(CONV_TARGETS) if self.conv else [])
+        targets = self.unet_targets()
         return LoraConfig(
             r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian", target_modules=targets, use_dora=self.kind == "dora"
         )
@@ -76,10 +144,34 @@ class AdapterSpec:
         )
 
 
+def _quiet_lycoris():
+    from lycoris.logging import logger
+
+    logger.setLevel(logging.ERROR)
+
+
 def attach_adapter(unet, text_encoder, spec: AdapterSpec) -> None:
-    """Freeze the base model and add fresh trainable adapter layers as described by ``spec``."""
+    """Freeze the base model and add fresh trainable adapter layers as described by ``spec``.
+
+    A LyCORIS network is registered on the UNet (``unet.lycoris``), so optimizers,
+    DDP and checkpoints see its parameters as the UNet's.
+    """
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
+    if spec.lycoris:
+        from lycoris import LycorisNetwork, create_lycoris
+
+        _quiet_lycoris()
+        LycorisNetwork.apply_preset(spec.lycoris_preset())
+        network = create_lycoris(
+            unet, 1.0, linear_dim=spec.rank, linear_alpha=spec.alpha, algo=LYCORIS_ALGOS[spec.kind], factor=spec.factor, conv_dim=spec.rank
+        )
+        if not network.loras:
+            raise ValueError(f"no UNet layer matches the targets {spec.unet_targets()}")
+        network.apply_to()
+        network.requires_grad_(True)
+        unet.add_module(LYCORIS_MODULE, network)
+        return
     unet.add_adapter(spec.unet_config())
     if spec.text_encoder:
         text_encoder.add_adapter(spec.text_config())
@@ -91,7 +183,9 @@ def trainable_parameters(*modules) -> list[torch.nn.Parameter]:
 
 
 def adapter_state(unet, text_encoder, spec: AdapterSpec) -> dict[str, dict[str, torch.Tensor]]:
-    """The adapter weights in peft naming, per component."""
+    """The adapter weights per component: peft naming for LoRA / DoRA, LyCORIS naming for the others."""
+    if spec.lycoris:
+        return {"unet": unet.get_submodule(LYCORIS_MODULE).state_dict()}
     state = {"unet": get_peft_model_state_dict(unet)}
     if spec.text_encoder:
         state["text_encoder"] = get_peft_model_state_dict(text_encoder)
@@ -103,9 +197,15 @@ def _metadata(config: LoraConfig) -> dict:
 
 
 def save_adapter(unet, text_encoder, spec: AdapterSpec, folder: Path, name: str, training_info: dict | None = None) -> dict[str, Path]:
-    """Write both files of a trained adapter into ``folder``; returns their paths."""
+    """Write the files of a trained adapter into ``folder``; returns their paths by format."""
     folder.mkdir(parents=True, exist_ok=True)
     state = adapter_state(unet, text_encoder, spec)
+    metadata = _kohya_metadata(spec, name, training_info or {})
+    if spec.lycoris:
+        path = folder / f"{name}.safetensors"
+        layers = {k: v.detach().float().cpu().contiguous() for k, v in state["unet"].items()}
+        atomic_write(path, lambda tmp: save_file(layers, tmp, metadata=metadata))
+        return {"lycoris": path}
     # peft key names (lora_A / lora_B), which diffusers loads as they are, for linear and conv layers alike
     unet_layers = {k: v.detach().float().cpu().contiguous() for k, v in state["unet"].items()}
     text_layers = {k: v.detach().float().cpu().contiguous() for k, v in state["text_encoder"].items()} if "text_encoder" in state else None
@@ -122,7 +222,6 @@ def save_adapter(unet, text_encoder, spec: AdapterSpec, folder: Path, name: str,
     )
     kohya_path = folder / f"{name}.safetensors"
     kohya = _kohya_state(state, spec)
-    metadata = _kohya_metadata(spec, name, training_info or {})
     atomic_write(kohya_path, lambda tmp: save_file(kohya, tmp, metadata=metadata))
     return {"diffusers": folder / DIFFUSERS_WEIGHTS, "kohya": kohya_path}
 
@@ -138,12 +237,16 @@ def _kohya_state(state: dict[str, dict[str, torch.Tensor]], spec: AdapterSpec) -
 
 def _kohya_metadata(spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
     """The ``ss_*`` keys that kohya's sd-scripts write and A1111 / ComfyUI read."""
+    if spec.lycoris:
+        module, args = "lycoris.kohya", {"algo": LYCORIS_ALGOS[spec.kind], "conv_dim": spec.rank if spec.conv else 0, "factor": spec.factor}
+    else:
+        module, args = "networks.lora", {"conv": spec.conv, "dora": spec.kind == "dora"}
     metadata = {
         "ss_output_name": name,
-        "ss_network_module": "networks.lora",
+        "ss_network_module": module,
         "ss_network_dim": str(spec.rank),
         "ss_network_alpha": str(spec.alpha),
-        "ss_network_args": json.dumps({"conv": spec.conv, "dora": spec.kind == "dora"}),
+        "ss_network_args": json.dumps(args),
         "ss_base_model_version": "sd_v1",
         "ss_training_comment": "trained with stylekit",
         "stylekit_adapter": json.dumps(asdict(spec)),
@@ -152,10 +255,147 @@ def _kohya_metadata(spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
     return metadata
 
 
-def load_adapter(pipe, path: Path, adapter_name: str, scale: float = 1.0) -> None:
-    """Load an adapter file or folder (either format) into ``pipe`` under ``adapter_name``."""
+def adapter_file(path: Path) -> Path:
+    """The weights file of an adapter folder (diffusers file for LoRA / DoRA, ``<name>.safetensors`` for LyCORIS), or ``path`` itself."""
     path = Path(path)
-    folder, weight_name = (path, DIFFUSERS_WEIGHTS) if path.is_dir() else (path.parent, path.name)
-    with quiet_loading():
-        pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter_name)
-    pipe.set_adapters([adapter_name], adapter_weights=[scale])
+    if path.is_file():
+        return path
+    for candidate in (path / DIFFUSERS_WEIGHTS, path / f"{path.name}.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path} holds no adapter ({DIFFUSERS_WEIGHTS} or {path.name}.safetensors)")
+
+
+def _is_lycoris_file(path: Path) -> bool:
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+        keys = list(handle.keys())  # noqa: SIM118 (safe_open handles are not iterable)
+    if metadata.get("ss_network_module", "").startswith("lycoris"):
+        return True
+    return any(part in key for key in keys for part in (".hada_", ".lokr_", ".oft_", ".oft_blocks"))
+
+
+def _layer_index(pipe) -> dict[str, torch.nn.Module]:
+    """Every layer of the UNet and text encoder under the names adapter files use (diffusers and kohya / LyCORIS)."""
+    index = {}
+    for component in ("unet", "text_encoder"):
+        kohya = next(prefix for prefix, owner in KOHYA_PREFIXES.items() if owner == component)
+        for name, module in getattr(pipe, component).named_modules():
+            if name:
+                index[f"{component}.{name}"] = module
+                index[kohya + name.replace(".", "_")] = module
+    return index
+
+
+def _layer_of(key: str) -> tuple[str, str]:
+    """Split a file key into (layer name, parameter name), for diffusers and kohya / LyCORIS keys."""
+    if key.startswith(("unet.", "text_encoder.")):
+        match = re.search(r"\.(lora_[AB]\.|lora_magnitude_vector)", key)
+        if match:
+            return key[: match.start()], key[match.start() + 1 :]
+        layer, _, parameter = key.rpartition(".")
+        return layer, parameter
+    layer, _, parameter = key.partition(".")
+    return layer, parameter
+
+
+def _io_features(module) -> tuple[int, int] | None:
+    for inputs, outputs in (("in_features", "out_features"), ("in_channels", "out_channels")):
+        if hasattr(module, inputs):
+            return getattr(module, inputs), getattr(module, outputs)
+    return None
+
+
+def check_fits(pipe, path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`AdapterMismatch` naming every layer of ``state`` that ``pipe`` lacks or whose LoRA shapes differ."""
+    index = _layer_index(pipe)
+    missing, mismatched = set(), set()
+    for key, tensor in state.items():
+        layer, parameter = _layer_of(key)
+        module = index.get(layer)
+        if module is None:
+            missing.add(layer)
+            continue
+        module = getattr(module, "base_layer", module)
+        features = _io_features(module)
+        if features is None:
+            continue
+        if parameter.startswith(("lora_A.", "lora_down.")) and tensor.shape[1] != features[0]:
+            mismatched.add(f"{layer} (input {tensor.shape[1]} vs {features[0]})")
+        if parameter.startswith(("lora_B.", "lora_up.")) and tensor.shape[0] != features[1]:
+            mismatched.add(f"{layer} (output {tensor.shape[0]} vs {features[1]})")
+    _raise_mismatch(path, missing, mismatched)
+
+
+def _raise_mismatch(path: Path, missing, mismatched) -> None:
+    if not missing and not mismatched:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} layer(s) this model lacks: {', '.join(sorted(missing)[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if mismatched:
+        parts.append(
+            f"{len(mismatched)} layer(s) of another shape: {', '.join(sorted(mismatched)[:5])}" + (" ..." if len(mismatched) > 5 else "")
+        )
+    raise AdapterMismatch(
+        f"{path} does not fit this model (was it trained for another base model?); nothing was applied. " + "; ".join(parts)
+    )
+
+
+def _load_lycoris(pipe, path: Path, adapter_name: str, scale: float) -> None:
+    """Build every LyCORIS layer of the file against the UNet, check them all, and only then hook them in."""
+    from lycoris import LycorisNetwork
+    from lycoris.modules import get_module, make_module
+
+    _quiet_lycoris()
+    state = load_file(str(path))
+    check_fits(pipe, path, state)
+    targets = {f"{LYCORIS_PREFIX}_{name}".replace(".", "_"): module for name, module in pipe.unet.named_modules() if name}
+    layers, mismatched = [], set()
+    for name in sorted({key.partition(".")[0] for key in state}):
+        own = {k.partition(".")[2]: v for k, v in state.items() if k.partition(".")[0] == name}
+        try:
+            layer = make_module(*get_module(state, name), name, targets[name])
+            if layer is None:
+                raise RuntimeError("not a LyCORIS layer kind this lycoris version builds")
+            layer.load_state_dict(own, strict=True)
+        except (RuntimeError, TypeError) as error:
+            mismatched.add(f"{name} ({str(error).strip().splitlines()[-1]})")
+            continue
+        layers.append(layer)
+    _raise_mismatch(path, set(), mismatched)
+    network = LycorisNetwork(pipe.unet, init_only=True)
+    network.loras = layers
+    network.apply_to()
+    network.requires_grad_(False)
+    networks = getattr(pipe, "lycoris_networks", {})
+    networks[adapter_name] = network
+    pipe.lycoris_networks = networks
+
+
+def load_adapter(pipe, path: Path, adapter_name: str, scale: float = 1.0) -> None:
+    """Load an adapter file or folder (diffusers, kohya or LyCORIS) into ``pipe`` under ``adapter_name``, active at ``scale``.
+
+    Raises :class:`AdapterMismatch` (and applies nothing) when the file does not fit the model.
+    """
+    file = adapter_file(path)
+    if _is_lycoris_file(file):
+        _load_lycoris(pipe, file, adapter_name, scale)
+    else:
+        check_fits(pipe, file, load_file(str(file)))
+        with quiet_loading():
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
+    set_adapter_weights(pipe, {adapter_name: scale})
+
+
+def set_adapter_weights(pipe, weights: dict[str, float]) -> None:
+    """Make exactly the adapters in ``weights`` active, each at its weight (a LyCORIS multiplier or a peft adapter weight)."""
+    networks = getattr(pipe, "lycoris_networks", {})
+    for name, network in networks.items():
+        network.set_multiplier(weights.get(name, 0.0))
+    peft = {name: weight for name, weight in weights.items() if name not in networks and weight != 0}
+    if peft:
+        pipe.enable_lora()
+        pipe.set_adapters(list(peft), adapter_weights=list(peft.values()))
+    elif any(pipe.get_list_adapters().values()):
+        pipe.disable_lora()

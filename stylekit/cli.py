@@ -217,6 +217,12 @@ def command_serve(args) -> int:
     return subprocess.call(serve_command(args.port))
 
 
+def adapter_kinds() -> tuple[str, ...]:
+    from .adapters import KINDS
+
+    return KINDS
+
+
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
     """One ``--option`` per dataclass field; unset options keep the dataclass default (``None`` = profile default)."""
     hints = typing.get_type_hints(cls)
@@ -230,7 +236,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str])
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif kind in (int, float, str):
-            parser.add_argument(flag, type=kind, default=None, help=f"default: {item.default}")
+            choices = adapter_kinds() if item.name == "kind" else None
+            parser.add_argument(flag, type=kind, default=None, choices=choices, help=f"default: {item.default}")
 
 
 def build_parser() -> argparse.ArgumentParser:

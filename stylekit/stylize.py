@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from . import __version__
-from .adapters import DIFFUSERS_WEIGHTS, load_adapter
+from .adapters import DIFFUSERS_WEIGHTS, adapter_file, load_adapter, set_adapter_weights
 from .data import IMAGE_SUFFIXES, open_image, trigger_word
 from .models import load_pipeline
 from .paths import outputs_dir
@@ -98,15 +98,15 @@ def blend(first: str, second: str | None = None, share: float = 0.0) -> dict[str
 
 
 def find_styles(folder: Path | None = None) -> dict[str, Path]:
-    """Trained adapters in ``outputs/loras`` (or ``folder``): style name -> adapter folder."""
+    """Trained adapters of any kind in ``outputs/loras`` (or ``folder``): style name -> adapter folder."""
     folder = Path(folder) if folder else outputs_dir() / "loras"
     if not folder.is_dir():
         return {}
-    return {p.name: p for p in sorted(folder.iterdir()) if (p / DIFFUSERS_WEIGHTS).exists()}
+    return {p.name: p for p in sorted(folder.iterdir()) if (p / DIFFUSERS_WEIGHTS).exists() or (p / f"{p.name}.safetensors").exists()}
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+def _adapter_hash(folder: Path) -> str:
+    return hashlib.sha256(adapter_file(folder).read_bytes()).hexdigest()[:12]
 
 
 def working_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:
@@ -142,14 +142,8 @@ class Stylizer:
             if name not in self.loaded:
                 load_adapter(self.pipe, self.styles[name], adapter_name=name)
                 self.loaded.add(name)
-        if not self.loaded:
-            return
-        active = {name: weight * style_strength for name, weight in styles.items() if weight * style_strength != 0}
-        if active:
-            self.pipe.enable_lora()
-            self.pipe.set_adapters(list(active), adapter_weights=list(active.values()))
-        else:
-            self.pipe.disable_lora()
+        if self.loaded:
+            set_adapter_weights(self.pipe, {name: weight * style_strength for name, weight in styles.items()})
 
     def stylize(
         self,
@@ -194,7 +188,7 @@ class Stylizer:
             negative_prompt=negative_prompt,
             size=image.size,
             work_size=work,
-            adapter_hashes={name: _file_hash(self.styles[name] / DIFFUSERS_WEIGHTS) for name in styles if name in self.styles},
+            adapter_hashes={name: _adapter_hash(self.styles[name]) for name in styles if name in self.styles},
             sampler=SAMPLER_NAMES.get(type(self.pipe.scheduler).__name__, type(self.pipe.scheduler).__name__),
         )
         recipe.source = image.resize(work, Image.Resampling.LANCZOS)
@@ -269,6 +263,6 @@ def reproduce(path: Path, output: Path, stylizer: Stylizer | None = None) -> Pat
         raise ValueError(f"{path} stores its recipe but not its source photo; it cannot be reproduced from the file alone")
     stylizer = stylizer or Stylizer(recipe.model)
     for name, digest in recipe.adapter_hashes.items():
-        if name in stylizer.styles and _file_hash(stylizer.styles[name] / DIFFUSERS_WEIGHTS) != digest:
+        if name in stylizer.styles and _adapter_hash(stylizer.styles[name]) != digest:
             raise ValueError(f"the adapter {name!r} has changed since {path} was made (hash {digest}); retrain or restore it to reproduce")
     return save_with_recipe(stylizer.run(recipe), recipe, output)

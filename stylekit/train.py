@@ -28,7 +28,7 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .adapters import AdapterSpec, attach_adapter, save_adapter, trainable_parameters
+from .adapters import DIFFUSERS_WEIGHTS, AdapterSpec, attach_adapter, save_adapter, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
 from .models import as_task, load_pipeline, pick_device, tokenize
@@ -58,7 +58,8 @@ class TrainConfig:
         gradient_accumulation: micro-batches per optimizer step.
         learning_rate, lr_scheduler, warmup_steps: AdamW learning rate and its schedule
             (``constant``, ``constant_with_warmup``, ``cosine``, ``linear``).
-        kind, rank, alpha, conv, text_encoder_lora: the adapter (see :class:`AdapterSpec`).
+        kind, rank, alpha, factor, conv, text_encoder_lora: the adapter (see :class:`AdapterSpec`):
+            ``kind`` is one of ``lora``, ``dora``, ``locon``, ``loha``, ``lokr``, ``oft``, ``boft``.
         mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` (GPU; the CPU trains in fp32).
         gradient_checkpointing: recompute activations to save memory on large UNets.
         min_snr_gamma: min-SNR loss weighting (Hang et al. 2023); ``None`` turns it off.
@@ -81,6 +82,7 @@ class TrainConfig:
     kind: str = "lora"
     rank: int | None = None
     alpha: float | None = None
+    factor: int = -1
     conv: bool = False
     text_encoder_lora: bool = False
     mixed_precision: str | None = None
@@ -124,7 +126,9 @@ class TrainConfig:
         return replace(self, **filled)
 
     def adapter(self) -> AdapterSpec:
-        return AdapterSpec(kind=self.kind, rank=self.rank, alpha=self.alpha, conv=self.conv, text_encoder=self.text_encoder_lora)
+        return AdapterSpec(
+            kind=self.kind, rank=self.rank, alpha=self.alpha, factor=self.factor, conv=self.conv, text_encoder=self.text_encoder_lora
+        )
 
 
 @dataclass
@@ -449,7 +453,7 @@ def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], p
 
 def before_after_grid(results: dict[str, TrainResult]):
     """The validation prompts and the held-out photo, without adapter and then with each style's saved file."""
-    from .adapters import load_adapter
+    from .adapters import load_adapter, set_adapter_weights
 
     configs = {name: TrainConfig(**json.loads((r.folder / "config.json").read_text())) for name, r in results.items()}
     first = next(iter(configs.values()))
@@ -458,11 +462,10 @@ def before_after_grid(results: dict[str, TrainResult]):
     photo = center_square(load_photos(split="held_out")[0].image, resolution)
     for name, result in results.items():
         load_adapter(pipe, result.folder, adapter_name=name)
-    pipe.disable_lora()
+    set_adapter_weights(pipe, {})
     rows, labels = [validation_images(pipe, first, photo)], ["no adapter"]
-    pipe.enable_lora()
     for name, cfg in configs.items():
-        pipe.set_adapters([name])
+        set_adapter_weights(pipe, {name: 1.0})
         rows.append(validation_images(pipe, cfg, photo))
         labels.append(name)
     columns = [p[:24] + "..." for p in first.validation_prompts] + ["held-out photo"]
@@ -478,7 +481,7 @@ def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> d
     folders = {}
     for style in styles:
         folder = outputs_dir() / "loras" / style
-        if not (folder / "pytorch_lora_weights.safetensors").exists():
+        if not (folder / DIFFUSERS_WEIGHTS).exists():
             train_adapter(TrainConfig(name=style, dataset=str(datasets[style]), profile=profile, seed=seed))
         folders[style] = folder
     return folders

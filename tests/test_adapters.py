@@ -1,0 +1,116 @@
+"""Every adapter kind trains through the same trainer, saves, reloads identically, and refuses a model it does not fit."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors import safe_open
+
+from stylekit.adapters import KINDS, AdapterMismatch, AdapterSpec, adapter_file, load_adapter, set_adapter_weights
+from stylekit.cli import main
+from stylekit.data import build_demo_sets
+from stylekit.models import as_task, load_pipeline
+from stylekit.train import TrainConfig, train_adapter
+
+LYCORIS_KEYS = {"locon": "lora_down", "loha": "hada_w1_a", "lokr": "lokr_w1", "oft": "oft_blocks", "boft": "oft_blocks"}
+
+
+@pytest.fixture(scope="module")
+def anime_set(tmp_path_factory):
+    return build_demo_sets(tmp_path_factory.mktemp("datasets"), ["anime"], count=8)["anime"]
+
+
+@pytest.fixture(scope="module")
+def trained(anime_set, tmp_path_factory):
+    """Each kind trained a few steps on attention and convolution layers (module-wide, reused by the tests below)."""
+    outputs = tmp_path_factory.mktemp("kinds")
+    results = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STYLEKIT_OUTPUTS", str(outputs))
+        for kind in KINDS:
+            config = TrainConfig(name=f"style_{kind}", dataset=str(anime_set), kind=kind, steps=4, learning_rate=5e-3, conv=True)
+            results[kind] = train_adapter(config, progress=False)
+    return results
+
+
+def _image(pipe, seed=0):
+    txt2img = as_task(pipe, "txt2img")
+    return txt2img("anime style, a house", num_inference_steps=6, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+
+@pytest.fixture(scope="module")
+def base_image():
+    return _image(load_pipeline("tiny"))
+
+
+def test_kinds_listed():
+    assert set(KINDS) >= {"lora", "dora", "locon", "loha", "lokr", "oft", "boft"}
+    with pytest.raises(ValueError, match="unknown adapter kind"):
+        AdapterSpec(kind="ia4")
+    with pytest.raises(ValueError, match="LoRA / DoRA only"):
+        AdapterSpec(kind="loha", text_encoder=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kind_reloads_identically_and_scales(kind, trained, base_image):
+    result = trained[kind]
+    in_memory = _image(result.pipeline)
+    assert np.abs(in_memory - base_image).max() > 1e-3, "the trained adapter changes the output"
+
+    pipe = load_pipeline("tiny")
+    load_adapter(pipe, result.folder, kind)
+    np.testing.assert_allclose(_image(pipe), in_memory, atol=1e-5)
+
+    set_adapter_weights(pipe, {kind: 0.0})
+    np.testing.assert_allclose(_image(pipe), base_image, atol=1e-6)  # multiplier 0 is the base model
+    set_adapter_weights(pipe, {kind: 0.5})
+    half = _image(pipe)
+    assert np.abs(half - base_image).max() > 1e-4 and np.abs(half - in_memory).max() > 1e-4  # strength in between
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k in LYCORIS_KEYS])
+def test_lycoris_files_use_lycoris_names(kind, trained):
+    path = trained[kind].files["lycoris"]
+    with safe_open(str(path), framework="pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    assert all(k.startswith("lora_unet_") for k in keys)
+    assert any(k.endswith(f".{LYCORIS_KEYS[kind]}") or f".{LYCORIS_KEYS[kind]}." in k for k in keys)
+    assert any("_resnets_" in k for k in keys) and any("_attn1_to_q." in k for k in keys)  # conv and attention targets
+    assert not any("_ff_" in k for k in keys)  # only the layers named, not whole blocks
+    assert metadata["ss_network_module"] == "lycoris.kohya"
+    assert adapter_file(trained[kind].folder) == path
+
+
+def _other_model(channels):
+    """The tiny pipeline with a UNet of other widths (same layer names, other shapes) or fewer attention levels."""
+    pipe = load_pipeline("tiny")
+    config = dict(pipe.unet.config)
+    if channels == "fewer attention levels":
+        config.update(
+            down_block_types=["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        )
+    else:
+        config.update(block_out_channels=channels)
+    pipe.unet = UNet2DConditionModel.from_config(config)
+    return pipe
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha", "oft"])
+@pytest.mark.parametrize(("variant", "message"), [([32, 96, 96], "of another shape"), ("fewer attention levels", "this model lacks")])
+def test_file_for_another_model_is_refused_whole(kind, variant, message, trained):
+    pipe = _other_model(variant)
+    before = _image(pipe)
+    with pytest.raises(AdapterMismatch, match=message) as error:
+        load_adapter(pipe, trained[kind].folder, kind)
+    assert "down_blocks" in str(error.value) or "up_blocks" in str(error.value)  # names the layers
+    assert not getattr(pipe, "lycoris_networks", {}) and not any(pipe.get_list_adapters().values())
+    np.testing.assert_array_equal(_image(pipe), before)  # nothing was applied
+
+
+def test_cli_trains_a_lycoris_kind(anime_set, tmp_path, capsys):
+    assert main(["train", str(anime_set), "--name", "cli_loha", "--kind", "loha", "--steps", "2", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lycoris" in out and "cli_loha.safetensors" in out
+    with pytest.raises(SystemExit):
+        main(["train", str(anime_set), "--name", "x", "--kind", "ia4"])
