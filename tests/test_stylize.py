@@ -101,7 +101,7 @@ def test_recipe_in_png_reproduces_pixel_identical(stylizer, photo, tmp_path):
 def test_reproduce_refuses_a_changed_adapter(stylizer, photo, tmp_path, monkeypatch):
     image, recipe = stylizer.stylize(photo, "anime", seed=1)
     path = save_with_recipe(image, recipe, tmp_path / "out.png")
-    monkeypatch.setattr(stylize, "_file_hash", lambda _: "something-else")
+    monkeypatch.setattr(stylize, "_adapter_hash", lambda _: "something-else")
     with pytest.raises(ValueError, match="has changed"):
         reproduce(path, tmp_path / "again.png", stylizer=stylizer)
 
