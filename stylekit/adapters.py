@@ -355,7 +355,8 @@ def _load_lycoris(pipe, path: Path, adapter_name: str, scale: float) -> None:
     for name in sorted({key.partition(".")[0] for key in state}):
         own = {k.partition(".")[2]: v for k, v in state.items() if k.partition(".")[0] == name}
         try:
-            layer = make_module(*get_module(state, name), name, targets[name])
+            # a layer already wrapped by a peft adapter is hooked at its base layer, which the wrapper calls
+            layer = make_module(*get_module(state, name), name, getattr(targets[name], "base_layer", targets[name]))
             if layer is None:
                 raise RuntimeError("not a LyCORIS layer kind this lycoris version builds")
             layer.load_state_dict(own, strict=True)

@@ -33,14 +33,20 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 __all__ = [
     "FeatureNet",
     "StyleClassifier",
+    "StyleReference",
+    "availability",
     "content_scores",
     "edge_f1",
     "evenness",
     "extra_models",
     "feature_net",
     "gram_distance",
+    "is_monotonic",
+    "mean_by",
     "psnr",
+    "score",
     "ssim",
+    "strength_sweep",
     "style_scores",
 ]
 
@@ -436,3 +442,97 @@ def availability() -> dict[str, str]:
     for kind, repo in (("clip", CLIP_REPO), ("dino", DINO_REPO)):
         status[kind] = f"available ({extras[kind].source})" if kind in extras else f"unavailable: no local weights ({repo} not cached)"
     return status
+
+
+# ---------------------------------------------------------------------------
+# References, scoring and sweeps
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class StyleReference:
+    """What style scores compare against: each style's reference images, unstyled photos, and a classifier over them."""
+
+    images: dict[str, list[Image.Image]]
+    classifier: StyleClassifier
+
+    @classmethod
+    def from_folders(cls, folders: dict[str, Path], photos: Sequence[Image.Image], net: FeatureNet | None = None) -> StyleReference:
+        """Reference sets from dataset folders (``{style: folder}``); ``photos`` make the classifier's ``"photo"`` class."""
+        from .data import IMAGE_SUFFIXES, open_image
+
+        images = {
+            style: [open_image(p) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+            for style, folder in folders.items()
+        }
+        empty = [style for style, found in images.items() if not found]
+        if empty:
+            raise ValueError(f"no reference images for {', '.join(empty)} in {', '.join(str(folders[s]) for s in empty)}")
+        return cls(images, StyleClassifier.fit({**images, "photo": list(photos)}, net))
+
+    @classmethod
+    def demo(cls, styles: Sequence[str], resolution: int = 64, seed: int = 0) -> StyleReference:
+        """The demo style sets (built if missing) and the demo content photos."""
+        from .data import demo_content, ensure_demo_sets
+
+        folders = ensure_demo_sets(list(styles), resolution, seed)
+        return cls.from_folders(folders, [image for image, _ in demo_content(32, resolution, seed)])
+
+
+def score(
+    photo: Image.Image, stylized: Image.Image, style: str, reference: StyleReference, target: Image.Image | None = None
+) -> dict[str, float]:
+    """Content scores against ``photo`` and style scores against ``reference`` (and ``target`` when given), in one dict."""
+    scores = content_scores(photo, stylized)
+    scores.update(style_scores(stylized, style, reference.images[style], reference.classifier, target))
+    return scores
+
+
+def strength_sweep(
+    stylizer,
+    photos: dict[str, Image.Image],
+    style: str,
+    values: Sequence[float],
+    reference: StyleReference,
+    axis: str = "style_strength",
+    targets: dict[str, Image.Image] | None = None,
+    adapter: str | None = None,
+    progress: bool = True,
+    **settings,
+) -> tuple[list[dict], dict[tuple[str, float], Image.Image]]:
+    """Stylize each photo at each value of ``axis`` (``"style_strength"`` or ``"content_strength"``) and score it against ``style``.
+
+    ``adapter`` is the stylizer's name for the adapter when it is not ``style`` (e.g. a kind in a comparison).
+    Returns one row per (photo, value) with every score, and the images by (photo name, value).
+    ``settings`` go to :meth:`Stylizer.stylize` (the other strength, seed...).
+    """
+    from tqdm.auto import tqdm
+
+    if axis not in ("style_strength", "content_strength"):
+        raise ValueError(f"axis must be 'style_strength' or 'content_strength', not {axis!r}")
+    rows, images = [], {}
+    jobs = [(name, value) for name in photos for value in values]
+    for name, value in tqdm(jobs, desc=f"sweeping {style} over {axis.replace('_', ' ')}", disable=not progress, leave=False):
+        stylized, _ = stylizer.stylize(photos[name], adapter or style, **{**settings, axis: value})
+        images[(name, value)] = stylized
+        target = targets.get(name) if targets else None
+        rows.append({"style": style, "photo": name, axis: value, **score(photos[name], stylized, style, reference, target)})
+    return rows, images
+
+
+def mean_by(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """Average every numeric column of ``rows`` over groups of equal ``keys``, in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    averaged = []
+    for group_key, members in groups.items():
+        numeric = [k for k, v in members[0].items() if k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        averaged.append({**dict(zip(keys, group_key)), **{k: float(np.mean([m[k] for m in members])) for k in numeric}})
+    return averaged
+
+
+def is_monotonic(values: Sequence[float], increasing: bool = True, tolerance: float = 0.0) -> bool:
+    """Whether ``values`` never move against the direction by more than ``tolerance`` from one step to the next."""
+    steps = np.diff(np.asarray(values, dtype=float))
+    return bool(np.all(steps >= -tolerance) if increasing else np.all(steps <= tolerance))

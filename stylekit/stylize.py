@@ -133,6 +133,13 @@ class Stylizer:
         unet_levels = len(self.pipe.unet.config.block_out_channels)
         self.multiple = self.pipe.vae_scale_factor * 2 ** (unet_levels - 1)
 
+    def trigger(self, name: str) -> str:
+        """The word that calls style ``name``: the trigger it was trained with (its ``config.json``), else from the name."""
+        config = self.styles[name] / "config.json" if name in self.styles else None
+        if config is not None and config.exists():
+            return json.loads(config.read_text()).get("trigger") or trigger_word(name)
+        return trigger_word(name)
+
     def activate(self, styles: dict[str, float], style_strength: float) -> None:
         """Load any adapter not loaded yet, then set the blend (no reloads)."""
         for name in styles:
@@ -174,7 +181,7 @@ class Stylizer:
         guidance = defaults.guidance if guidance is None else guidance
         image = image.convert("RGB")
         work = working_size(image.width, image.height, self.profile.resolution, self.multiple)
-        triggers = ", ".join(f"{trigger_word(name)} style" for name in styles)
+        triggers = ", ".join(f"{self.trigger(name)} style" for name in styles)
         recipe = Recipe(
             model=self.model,
             styles=styles,

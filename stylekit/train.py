@@ -141,6 +141,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     resumed_from: int
+    peak_memory_mb: float = float("nan")  # CUDA allocator peak on a GPU, else the process's peak RSS
     pipeline: object = field(default=None, repr=False)  # the base pipeline with the trained adapter active
 
 
@@ -414,7 +415,16 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
     if accelerator.is_main_process:
         files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, seconds)
     trained = (cfg.steps - start) * cfg.batch_size * cfg.gradient_accumulation * accelerator.num_processes
-    return TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, pipe)
+    return TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, peak_memory_mb(), pipe)
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, else the peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource  # Unix; the CPU figure is the whole process, model and data included
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
@@ -441,7 +451,13 @@ def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], p
     }
     files = save_adapter(pipe.unet, pipe.text_encoder, cfg.adapter(), run_dir, cfg.name, info)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    (run_dir / "losses.json").write_text(json.dumps({"losses": losses, "resumed_from": start, "seconds_this_session": round(seconds, 2)}))
+    record = {
+        "losses": losses,
+        "resumed_from": start,
+        "seconds_this_session": round(seconds, 2),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+    }
+    (run_dir / "losses.json").write_text(json.dumps(record))
     fig = loss_curve({cfg.name: losses})
     fig.savefig(run_dir / "loss_curve.png", dpi=72)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""ipywidgets front ends: the stylizer app.
+"""ipywidgets front ends: the stylizer app and the user-study app.
 
 The app holds no logic of its own: each button or slider calls one
 :class:`~stylekit.stylize.Stylizer` function, so pytest drives it by setting
@@ -15,9 +15,10 @@ from PIL import Image
 
 from .data import decode_image, load_photos
 from .paths import outputs_dir
+from .study import QUESTIONS, Study
 from .stylize import Stylizer, blend, save_with_recipe
 
-__all__ = ["StylizerApp"]
+__all__ = ["StudyApp", "StylizerApp"]
 
 NO_STYLE = "(none)"
 
@@ -141,6 +142,65 @@ class StylizerApp:
             [widgets.VBox([widgets.HTML("<b>before</b>"), self.before]), widgets.VBox([widgets.HTML("<b>after</b>"), self.after])]
         )
         return widgets.VBox([controls, pictures, self.status])
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class StudyApp:
+    """Blind A/B pairs for one participant: two images, one choice per question, Submit records and shows the next pair."""
+
+    def __init__(self, study: Study, participant: str = ""):
+        self.study = study
+        self.participant = widgets.Text(value=participant, description="participant", placeholder="a name or code")
+        self.image_a = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
+        self.image_b = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
+        self.choices = {
+            question: widgets.ToggleButtons(options=["A", "B"], value=None, description="", style={"button_width": "60px"})
+            for question in QUESTIONS
+        }
+        self.submit = widgets.Button(description="Submit", button_style="primary")
+        self.status = widgets.HTML()
+        self.pair = None
+        self.submit.on_click(lambda _: self.answer())
+        self.participant.observe(lambda _: self.show_next(), names="value")
+        self.show_next()
+
+    def show_next(self) -> None:
+        """Show the participant's next unanswered pair (or say that all are done)."""
+        remaining = self.study.remaining(self.participant.value) if self.participant.value.strip() else []
+        self.pair = remaining[0] if remaining else None
+        for toggle in self.choices.values():
+            toggle.value = None
+        if not self.participant.value.strip():
+            self.status.value = "Enter your name or a code to start."
+        elif self.pair is None:
+            self.status.value = "All pairs answered: thank you!"
+        else:
+            self.image_a.value = _png(self.study.image(self.pair.image_a))
+            self.image_b.value = _png(self.study.image(self.pair.image_b))
+            done = len(self.study.pairs) - len(remaining)
+            self.status.value = f"pair {done + 1} of {len(self.study.pairs)} &middot; style: <b>{self.pair.style.replace('_', ' ')}</b>"
+        self.submit.disabled = self.pair is None
+
+    def answer(self) -> None:
+        """Record the choices for the pair on screen and move on."""
+        choices = {question: toggle.value for question, toggle in self.choices.items()}
+        if self.pair is None or None in choices.values():
+            self.status.value = "Answer both questions first."
+            return
+        self.study.record(self.participant.value, self.pair, choices)
+        self.show_next()
+
+    @property
+    def widget(self) -> widgets.Widget:
+        images = widgets.HBox(
+            [widgets.VBox([widgets.HTML("<b>A</b>"), self.image_a]), widgets.VBox([widgets.HTML("<b>B</b>"), self.image_b])]
+        )
+        questions = [widgets.HBox([widgets.Label(QUESTIONS[q], layout=widgets.Layout(width="280px")), t]) for q, t in self.choices.items()]
+        return widgets.VBox([self.participant, images, *questions, self.submit, self.status])
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
