@@ -458,25 +458,38 @@ class StyleReference:
 
     @classmethod
     def from_folders(cls, folders: dict[str, Path], photos: Sequence[Image.Image], net: FeatureNet | None = None) -> StyleReference:
-        """Reference sets from dataset folders (``{style: folder}``); ``photos`` make the classifier's ``"photo"`` class."""
-        from .data import IMAGE_SUFFIXES, open_image
-
-        images = {
-            style: [open_image(p) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-            for style, folder in folders.items()
-        }
-        empty = [style for style, found in images.items() if not found]
-        if empty:
-            raise ValueError(f"no reference images for {', '.join(empty)} in {', '.join(str(folders[s]) for s in empty)}")
+        """Reference sets from dataset folders (``{style: folder}``); the classifier learns them and ``photos`` as ``"photo"``."""
+        images = _read_folders(folders)
         return cls(images, StyleClassifier.fit({**images, "photo": list(photos)}, net))
 
     @classmethod
-    def demo(cls, styles: Sequence[str], resolution: int = 64, seed: int = 0) -> StyleReference:
-        """The demo style sets (built if missing) and the demo content photos."""
-        from .data import demo_content, ensure_demo_sets
+    def demo(cls, styles: Sequence[str], resolution: int = 64, seed: int = 0, classifier_images: int = 120) -> StyleReference:
+        """The demo style sets (built if missing) as references; the classifier learns from more of the same.
 
-        folders = ensure_demo_sets(list(styles), resolution, seed)
-        return cls.from_folders(folders, [image for image, _ in demo_content(32, resolution, seed)])
+        The classifier sees ``classifier_images`` demo content images per class, through
+        each style filter and unstyled (``"photo"``): more than the 32 of each training set,
+        which it would otherwise overfit. Held-out photos are never used.
+        """
+        from .data import demo_content, ensure_demo_sets
+        from .synth import apply_style
+
+        images = _read_folders(ensure_demo_sets(list(styles), resolution, seed))
+        content = [image for image, _ in demo_content(classifier_images, resolution, seed + 1)]
+        training = {style: [apply_style(style, image) for image in content] for style in styles}
+        return cls(images, StyleClassifier.fit({**training, "photo": content}))
+
+
+def _read_folders(folders: dict[str, Path]) -> dict[str, list[Image.Image]]:
+    from .data import IMAGE_SUFFIXES, open_image
+
+    images = {
+        style: [open_image(p) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        for style, folder in folders.items()
+    }
+    empty = [style for style, found in images.items() if not found]
+    if empty:
+        raise ValueError(f"no reference images for {', '.join(empty)} in {', '.join(str(folders[s]) for s in empty)}")
+    return images
 
 
 def score(
@@ -532,7 +545,9 @@ def mean_by(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     return averaged
 
 
-def is_monotonic(values: Sequence[float], increasing: bool = True, tolerance: float = 0.0) -> bool:
-    """Whether ``values`` never move against the direction by more than ``tolerance`` from one step to the next."""
-    steps = np.diff(np.asarray(values, dtype=float))
-    return bool(np.all(steps >= -tolerance) if increasing else np.all(steps <= tolerance))
+def is_monotonic(values: Sequence[float], increasing: bool = True, tolerance: float = 0.0, min_change: float = 0.0) -> bool:
+    """Whether ``values`` never step against the direction by more than ``tolerance``, and move at least ``min_change`` overall."""
+    values = np.asarray(values, dtype=float)
+    steps = np.diff(values) if increasing else -np.diff(values)
+    overall = (values[-1] - values[0]) if increasing else (values[0] - values[-1])
+    return bool(np.all(steps >= -tolerance) and overall >= min_change)

@@ -1,0 +1,311 @@
+"""The evaluation run: every trained style and adapter kind on the held-out photos, against the base model.
+
+    evaluation = evaluate(EvalConfig())
+    evaluation.table()             # one row per system: style and content scores, and the verdict
+    evaluation.sweep_charts()      # each score against style strength and against content strength
+    evaluation.tradeoff_chart()    # content kept against style gained
+    evaluation.write_report()      # outputs/reports/evaluation.md with CSV and PNG files beside it
+
+A *system* is one way of stylizing for a style: ``<style>/base`` is the base
+model with the same prompt (trigger words included) and no adapter, the
+baseline; ``<style>/lora`` is the style's adapter from notebook 02; and
+``<style>/<kind>`` each adapter kind trained by the comparison (notebook 03)
+when its results are there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .data import center_square, load_photos
+from .metrics import StyleReference, availability, is_monotonic, mean_by, score, strength_sweep
+from .paths import outputs_dir
+from .plots import Table, image_grid
+from .profiles import get_profile
+from .stylize import Stylizer, find_styles
+from .synth import STYLES, apply_style
+from .train import ensure_trained
+
+__all__ = ["EvalConfig", "Evaluation", "System", "evaluate"]
+
+STYLE_SCORE = "style_probability"  # the headline style-consistency score (higher is better)
+CONTENT_SCORE = "ssim"  # the headline content score (higher keeps more of the photo)
+MARGIN = 0.01  # an adapter "beats" the baseline when its style probability is higher by more than this
+SHOWN = ("style_probability", "gram_distance", "target_ssim", "ssim", "psnr", "edge_f1", "clip", "dino")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate. ``None`` strengths mean the profile's defaults."""
+
+    profile: str = "tiny"
+    styles: tuple[str, ...] = tuple(STYLES)
+    kinds: bool = True  # also the adapter kinds of the comparison, where it has run
+    style_strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
+    content_strengths: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    content_strength: float | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class System:
+    """One way of stylizing for a style: which adapter folder and name, or none (the baseline)."""
+
+    style: str
+    kind: str  # "base", "lora", or an adapter kind of the comparison
+    styles_dir: Path
+    adapter: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.style}/{self.kind}"
+
+
+@dataclass
+class Evaluation:
+    """Scores per system and photo, sweeps, example images, and what the measures could use."""
+
+    config: EvalConfig
+    scores: list[dict]
+    sweeps: list[dict]
+    images: dict[tuple[str, str], Image.Image] = field(repr=False)  # (system name, photo) -> image at default settings
+    photos: dict[str, Image.Image] = field(repr=False)
+    classifier_accuracy: float
+    measures: dict[str, str]
+
+    def summary(self) -> list[dict]:
+        """Mean scores per system, with the baseline's style score and whether the system beats it."""
+        rows = mean_by(self.scores, ["system", "style", "kind"])
+        baseline = {r["style"]: r[STYLE_SCORE] for r in rows if r["kind"] == "base"}
+        for row in rows:
+            row["beats_baseline"] = None if row["kind"] == "base" else row[STYLE_SCORE] > baseline[row["style"]] + MARGIN
+        return rows
+
+    def table(self) -> Table:
+        """The summary as a table: higher is better for every column but the Gram distance."""
+        rows = self.summary()
+        shown = [k for k in SHOWN if k in rows[0]]
+        verdict = {None: "baseline", True: "yes", False: "no"}
+        body = [[r["system"], *[f"{r[k]:.3f}" for k in shown], verdict[r["beats_baseline"]]] for r in rows]
+        return Table(["system", *shown, "beats baseline on style"], body)
+
+    def monotonic(self, tolerance: float = 0.01) -> Table:
+        """Per adapter: does the style score rise, and the content score fall, as style strength rises?
+
+        "Rises" means no step down by more than ``tolerance`` and more than ``tolerance`` up overall (flat is not rising).
+        """
+        body = []
+        for system in dict.fromkeys(r["system"] for r in self.sweeps if r["axis"] == "style_strength"):
+            points = mean_by([r for r in self.sweeps if r["system"] == system and r["axis"] == "style_strength"], ["value"])
+            style = [p[STYLE_SCORE] for p in points]
+            content = [p[CONTENT_SCORE] for p in points]
+            body.append(
+                [
+                    system,
+                    " ".join(f"{v:.2f}" for v in style),
+                    is_monotonic(style, True, tolerance, min_change=tolerance),
+                    " ".join(f"{v:.2f}" for v in content),
+                    is_monotonic(content, False, tolerance, min_change=tolerance),
+                ]
+            )
+        values = " ".join(f"{v:g}" for v in self.config.style_strengths)
+        return Table(
+            ["system", f"style prob. at {values}", "rises", f"content SSIM at {values}", "falls"],
+            body,
+        )
+
+    def sweep_charts(self, scores: tuple[str, ...] = (STYLE_SCORE, "gram_distance", CONTENT_SCORE, "edge_f1")):
+        """Each score against style strength (top row) and content strength (bottom row), one line per adapter."""
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(2, len(scores), figsize=(3.2 * len(scores), 5.4), dpi=72, squeeze=False)
+        for row, axis in enumerate(("style_strength", "content_strength")):
+            rows = [r for r in self.sweeps if r["axis"] == axis]
+            for column, name in enumerate(scores):
+                ax = axes[row][column]
+                for system in dict.fromkeys(r["system"] for r in rows):
+                    points = mean_by([r for r in rows if r["system"] == system], ["value"])
+                    ax.plot([p["value"] for p in points], [p[name] for p in points], marker="o", markersize=3, label=system)
+                ax.set_xlabel(axis.replace("_", " "), fontsize=8)
+                ax.set_title(name.replace("_", " "), fontsize=9)
+                ax.tick_params(labelsize=7)
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        return fig
+
+    def tradeoff_chart(self):
+        """Content kept (SSIM) against style (probability) along the style-strength sweep: up and right is better."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=72)
+        rows = [r for r in self.sweeps if r["axis"] == "style_strength"]
+        for system in dict.fromkeys(r["system"] for r in rows):
+            points = mean_by([r for r in rows if r["system"] == system], ["value"])
+            ax.plot([p[STYLE_SCORE] for p in points], [p[CONTENT_SCORE] for p in points], marker="o", markersize=3, label=system)
+        for row in self.summary():
+            if row["kind"] == "base":
+                ax.scatter([row[STYLE_SCORE]], [row[CONTENT_SCORE]], marker="x", color="black")
+        ax.set_xlabel("style probability (classifier)", fontsize=8)
+        ax.set_ylabel("content SSIM to the photo", fontsize=8)
+        ax.set_title("content-style trade-off (x: base model)", fontsize=9)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        return fig
+
+    def grid(self, style: str):
+        """Per held-out photo: the photo, the exact target (the style filter), then each system at default settings."""
+        systems = [r["system"] for r in self.summary() if r["style"] == style]
+        rows = [[photo, apply_style(style, photo), *[self.images[(s, name)] for s in systems]] for name, photo in self.photos.items()]
+        return image_grid(rows, row_labels=list(self.photos), col_labels=["photo", "target", *[s.split("/")[1] for s in systems]])
+
+    def write_report(self, folder: Path | None = None) -> Path:
+        """``evaluation.md`` with the tables and verdicts, and the CSV and PNG files it links, in ``outputs/reports``."""
+        import matplotlib.pyplot as plt
+
+        folder = Path(folder) if folder else outputs_dir() / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_csv(folder / "evaluation_scores.csv", self.scores)
+        _write_csv(folder / "evaluation_sweeps.csv", self.sweeps)
+        figures = {"evaluation_sweeps.png": self.sweep_charts(), "evaluation_tradeoff.png": self.tradeoff_chart()}
+        figures.update({f"evaluation_{style}.png": self.grid(style) for style in self.config.styles})
+        for name, fig in figures.items():
+            fig.savefig(folder / name, dpi=72)
+            plt.close(fig)
+        path = folder / "evaluation.md"
+        path.write_text(self.markdown(sorted(figures)))
+        return path
+
+    def verdicts(self) -> list[str]:
+        """One plain sentence per adapter: does it beat the base model on style consistency, and at what content cost?"""
+        rows = self.summary()
+        base = {r["style"]: r for r in rows if r["kind"] == "base"}
+        lines = []
+        for r in rows:
+            if r["kind"] == "base":
+                continue
+            b = base[r["style"]]
+            word = "beats" if r["beats_baseline"] else "does NOT beat"
+            line = (
+                f"{r['system']} {word} the base model on style consistency: style probability {r[STYLE_SCORE]:.3f} vs {b[STYLE_SCORE]:.3f} "
+                f"(Gram distance {r['gram_distance']:.3f} vs {b['gram_distance']:.3f}); content SSIM {r[CONTENT_SCORE]:.3f} vs {b[CONTENT_SCORE]:.3f}."
+            )
+            if max(r[STYLE_SCORE], b[STYLE_SCORE]) < MARGIN:
+                line += " The classifier sees this style in neither."
+            lines.append(line)
+        return lines
+
+    def markdown(self, figures: list[str]) -> str:
+        beaten = [r for r in self.summary() if r["beats_baseline"]]
+        adapters = [r for r in self.summary() if r["kind"] != "base"]
+        lines = [
+            "# stylekit evaluation",
+            "",
+            f"Profile `{self.config.profile}`, held-out photos {', '.join(self.photos)}, seed {self.config.seed}. "
+            f"{len(beaten)} of {len(adapters)} adapters beat the base model on style consistency "
+            f"(style probability higher by more than {MARGIN}).",
+            "",
+            "## Measures",
+            "",
+            *[f"- {name}: {status}" for name, status in self.measures.items()],
+            f"- style classifier accuracy on held-out demo content: {self.classifier_accuracy:.2f} (chance {1 / (len(STYLES) + 1):.2f})",
+            "",
+            "## Scores at the default settings",
+            "",
+            _markdown_table(self.table()),
+            "",
+            *[f"- {line}" for line in self.verdicts()],
+            "",
+            "## Does style rise and content fall with style strength?",
+            "",
+            _markdown_table(self.monotonic()),
+            "",
+            "## Figures and data",
+            "",
+            *[f"![{name}]({name})" for name in figures],
+            "",
+            "Data: [evaluation_scores.csv](evaluation_scores.csv), [evaluation_sweeps.csv](evaluation_sweeps.csv).",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def _markdown_table(table: Table) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def find_systems(config: EvalConfig, loras: dict[str, Path]) -> list[System]:
+    """The baseline and the style adapter for each style, plus the comparison's kinds where they were trained."""
+    systems = []
+    for style in config.styles:
+        folder = loras[style].parent
+        kind = json.loads((loras[style] / "config.json").read_text()).get("kind", "lora")
+        systems += [System(style, "base", folder, style), System(style, kind, folder, style)]
+        if config.kinds:
+            comparison = outputs_dir() / "comparison" / style
+            systems += [System(style, k, comparison, k) for k in find_styles(comparison) if k != kind]
+    return systems
+
+
+def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluation:
+    """Score every system on the held-out photos, sweep both strengths for each adapter, and keep example images."""
+    config = config or EvalConfig()
+    resolution = get_profile(config.profile).resolution
+    reference = StyleReference.demo(list(STYLES), resolution, config.seed)
+    loras = ensure_trained(list(config.styles), config.profile, config.seed)
+    photos = {p.file_name.rsplit(".", 1)[0]: center_square(p.image, resolution) for p in load_photos(split="held_out")}
+    systems = find_systems(config, loras)
+    stylizers = {folder: Stylizer(config.profile, styles_dir=folder) for folder in dict.fromkeys(s.styles_dir for s in systems)}
+    scores, sweeps, images = [], [], {}
+    for system in tqdm(systems, desc="evaluating", disable=not progress):
+        stylizer = stylizers[system.styles_dir]
+        strength = 0.0 if system.kind == "base" else 1.0
+        for name, photo in photos.items():
+            image, _ = stylizer.stylize(
+                photo, system.adapter, style_strength=strength, content_strength=config.content_strength, seed=config.seed
+            )
+            images[(system.name, name)] = image
+            scored = score(photo, image, system.style, reference, apply_style(system.style, photo))
+            scores.append({"system": system.name, "style": system.style, "kind": system.kind, "photo": name, **scored})
+        if system.kind != "base":
+            sweeps += _sweeps(config, stylizer, system, photos, reference)
+    return Evaluation(config, scores, sweeps, images, photos, reference.classifier.held_out_accuracy, availability())
+
+
+def _sweeps(config: EvalConfig, stylizer: Stylizer, system: System, photos, reference) -> list[dict]:
+    targets = {name: apply_style(system.style, photo) for name, photo in photos.items()}
+    rows = []
+    for axis, values, fixed in (
+        ("style_strength", config.style_strengths, {"content_strength": config.content_strength}),
+        ("content_strength", config.content_strengths, {"style_strength": 1.0}),
+    ):
+        found, _ = strength_sweep(
+            stylizer,
+            photos,
+            system.style,
+            values,
+            reference,
+            axis,
+            targets,
+            adapter=system.adapter,
+            progress=False,
+            seed=config.seed,
+            **fixed,
+        )
+        rows += [{"system": system.name, "kind": system.kind, "axis": axis, "value": r.pop(axis), **r} for r in found]
+    return rows
