@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoints import atomic_write
 from .models import quiet_loading
+from .plots import Table
 
 __all__ = [
     "DIFFUSERS_WEIGHTS",
@@ -175,6 +176,64 @@ def attach_adapter(unet, text_encoder, spec: AdapterSpec) -> None:
     unet.add_adapter(spec.unet_config())
     if spec.text_encoder:
         text_encoder.add_adapter(spec.text_config())
+
+
+LAYER_GROUPS = (
+    ("attention q/k/v/out", r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$"),
+    ("attention proj in/out", r"\.(proj_in|proj_out)$"),
+    ("feed-forward", r"\.ff\."),
+    ("ResNet convolutions", r"resnets\.\d+\.(conv1|conv2|conv_shortcut)$"),
+    ("time embedding", r"(time_emb_proj|time_embedding)"),
+    ("norms", r"norm"),
+    ("up/down-sampling convs", r"(upsamplers|downsamplers)"),
+)
+
+
+def layer_group(name: str) -> str:
+    """A readable group for a UNet layer name (what a preset's coverage is reported by)."""
+    return next((group for group, pattern in LAYER_GROUPS if re.search(pattern, name)), "other")
+
+
+def _coverage_presets() -> dict[str, dict]:
+    from lycoris.config import PRESET
+
+    return {
+        "lycoris defaults (no preset)": {"target_module": ["Linear", "Conv1d", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm"]},
+        "classes of the 'full' preset": {
+            "target_module": PRESET["full"]["unet_target_module"],
+            "target_name": PRESET["full"]["unet_target_name"],
+        },
+        "classes of the 'attn-only' preset": {"target_module": PRESET["attn-only"]["unet_target_module"]},
+        "stylekit: attention": AdapterSpec(kind="loha").lycoris_preset(),
+        "stylekit: attention + conv": AdapterSpec(kind="loha", conv=True).lycoris_preset(),
+    }
+
+
+def lycoris_coverage(unet, presets: dict[str, dict] | None = None) -> dict[str, list[str]]:
+    """The UNet layers that ``create_lycoris`` wraps under each preset (``{label: preset dict}``); the UNet is not changed.
+
+    By default compares lycoris's own defaults and the UNet classes its built-in presets
+    name with stylekit's named targets: a preset naming classes this model does not use wraps nothing.
+    """
+    from lycoris import LycorisNetwork, create_lycoris
+
+    presets = presets or _coverage_presets()
+    _quiet_lycoris()
+    names = {f"{LYCORIS_PREFIX}_{n}".replace(".", "_"): n for n, _ in unet.named_modules() if n}
+    clean = {"target_module": [], "target_name": [], "module_algo_map": {}, "name_algo_map": {}, "exclude_name": [], "use_fnmatch": False}
+    coverage = {}
+    for label, preset in presets.items():
+        LycorisNetwork.apply_preset({**clean, **preset, "lora_prefix": LYCORIS_PREFIX})
+        network = create_lycoris(unet, 1.0, linear_dim=1, linear_alpha=1, algo="locon", warn_on_unmatched=False)
+        coverage[label] = [names[lora.lora_name] for lora in network.loras]
+    return coverage
+
+
+def coverage_table(coverage: dict[str, list[str]]) -> Table:
+    """Layers wrapped per preset, counted by layer group."""
+    groups = [group for group, _ in LAYER_GROUPS] + ["other"]
+    rows = [[label, len(layers), *[sum(layer_group(n) == g for n in layers) for g in groups]] for label, layers in coverage.items()]
+    return Table(["preset", "layers", *groups], rows)
 
 
 def trainable_parameters(*modules) -> list[torch.nn.Parameter]:

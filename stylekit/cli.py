@@ -7,6 +7,11 @@ stylekit run -f params.yaml                     parameters from a YAML file
 stylekit data check FOLDER                      validate a style dataset (exit 1 if unusable)
 stylekit data demo                              build the demo style sets in outputs/datasets
 stylekit train DATASET --name NAME [options]    train one style adapter (also under `accelerate launch`)
+stylekit train DATASET --name NAME --kind loha  the same with a LyCORIS kind (locon, loha, lokr, oft, boft)
+stylekit stylize PHOTO OUT.png --style NAME     stylize a photo (or a folder) with trained styles
+stylekit reproduce IMAGE.png AGAIN.png          make a saved image again from its recipe
+stylekit eval                                   score every trained style and kind; outputs/reports/evaluation.md
+stylekit serve                                  the stylizer as a web page on localhost
 """
 
 from __future__ import annotations
@@ -212,6 +217,17 @@ def serve_command(port: int) -> list[str]:
     ]
 
 
+def command_eval(args) -> int:
+    from .evaluate import EvalConfig, evaluate
+
+    config = EvalConfig(profile=args.profile, kinds=args.kinds, **({"styles": tuple(args.styles)} if args.styles else {}))
+    evaluation = evaluate(config)
+    print(evaluation.table())
+    print("\n".join(evaluation.verdicts()))
+    print(f"report: {evaluation.write_report(args.report_dir)}")
+    return 0
+
+
 def command_serve(args) -> int:
     print(f"stylizer on http://127.0.0.1:{args.port}/ (Ctrl+C stops it)", flush=True)
     return subprocess.call(serve_command(args.port))
@@ -297,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("image", type=Path)
     again.add_argument("output", type=Path)
     again.set_defaults(handler=command_reproduce)
+
+    evaluation = sub.add_parser(
+        "eval", help="score every trained style and kind on the held-out photos; write outputs/reports/evaluation.md"
+    )
+    evaluation.add_argument("--profile", default="tiny")
+    evaluation.add_argument("--styles", nargs="+", help="default: all demo styles (trained first if missing)")
+    evaluation.add_argument("--kinds", action=argparse.BooleanOptionalAction, default=True, help="include the comparison's adapter kinds")
+    evaluation.add_argument("--report-dir", type=Path, help="default: outputs/reports")
+    evaluation.set_defaults(handler=command_eval)
 
     serve = sub.add_parser("serve", help="serve the stylizer (notebook 04) as a web page on localhost")
     serve.add_argument("--port", type=int, default=8866)
