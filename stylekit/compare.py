@@ -77,7 +77,7 @@ class Comparison:
         ("parameters", "trainable parameters", "{:,}"),
         ("file_kb", "file (KB)", "{:.1f}"),
         ("train_seconds", "training (s)", "{:.1f}"),
-        ("peak_memory_mb", "peak process memory (MB)", "{:.0f}"),
+        ("peak_memory_mb", "memory added (MB)", "{:.0f}"),
         ("style_probability", "style prob. at 1", "{:.2f}"),
         ("gram_distance", "Gram dist. at 1", "{:.3f}"),
         ("ssim", "content SSIM at 1", "{:.3f}"),
@@ -90,6 +90,28 @@ class Comparison:
         return Table(
             [label for _, label, _ in self.COLUMNS], [[fmt.format(row[key]) for key, _, fmt in self.COLUMNS] for row in self.summary]
         )
+
+    def findings(self) -> list[str]:
+        """Plain sentences about this run: smallest, fastest, most stylish, most even, and how large the style differences are."""
+        rows = self.summary
+
+        def best(key, highest=True):
+            row = (max if highest else min)(rows, key=lambda r: r[key])
+            return row["kind"], row[key]
+
+        small, large = best("file_kb", False), best("file_kb")
+        fast, slow = best("train_seconds", False), best("train_seconds")
+        stylish, even = best("style_probability"), best("evenness")
+        gains = [r["style_gain"] for r in rows]
+        return [
+            f"smallest file: {small[0]} ({small[1]:.0f} KB); largest: {large[0]} ({large[1]:.0f} KB)",
+            f"fastest to train: {fast[0]} ({fast[1]:.1f} s); slowest: {slow[0]} ({slow[1]:.1f} s)",
+            f"most style at multiplier {max(self.config.strengths):g}: {stylish[0]} (style probability {stylish[1]:.3f})",
+            f"most even growth with the multiplier: {even[0]} (R^2 {even[1]:.2f})",
+            f"style gain from multiplier 0 to {max(self.config.strengths):g}: {min(gains):+.3f} to {max(gains):+.3f} across kinds; "
+            f"content SSIM at the top multiplier: {min(r['ssim'] for r in rows):.3f} to {max(r['ssim'] for r in rows):.3f}",
+            f"style measured with the {self.feature_net} feature network and a classifier on the demo style sets",
+        ]
 
     def curve(self, kind: str, score: str = "style_probability") -> tuple[list[float], list[float]]:
         """A score averaged over the photos, against the multiplier, for one kind."""

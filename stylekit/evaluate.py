@@ -124,19 +124,27 @@ class Evaluation:
         """Each score against style strength (top row) and content strength (bottom row), one line per adapter."""
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(2, len(scores), figsize=(3.2 * len(scores), 5.4), dpi=72, squeeze=False)
+        fig, axes = plt.subplots(2, len(scores), figsize=(3.2 * len(scores) + 1.6, 5.4), dpi=72, squeeze=False)
+        colours = _colours(self.sweeps)
         for row, axis in enumerate(("style_strength", "content_strength")):
             rows = [r for r in self.sweeps if r["axis"] == axis]
             for column, name in enumerate(scores):
                 ax = axes[row][column]
                 for system in dict.fromkeys(r["system"] for r in rows):
                     points = mean_by([r for r in rows if r["system"] == system], ["value"])
-                    ax.plot([p["value"] for p in points], [p[name] for p in points], marker="o", markersize=3, label=system)
+                    ax.plot(
+                        [p["value"] for p in points],
+                        [p[name] for p in points],
+                        marker="o",
+                        markersize=3,
+                        label=system,
+                        color=colours[system],
+                    )
                 ax.set_xlabel(axis.replace("_", " "), fontsize=8)
                 ax.set_title(name.replace("_", " "), fontsize=9)
                 ax.tick_params(labelsize=7)
-        axes[0][0].legend(fontsize=6)
-        fig.tight_layout()
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=7)
+        fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
         return fig
 
     def tradeoff_chart(self):
@@ -144,10 +152,18 @@ class Evaluation:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5, 4), dpi=72)
+        colours = _colours(self.sweeps)
         rows = [r for r in self.sweeps if r["axis"] == "style_strength"]
         for system in dict.fromkeys(r["system"] for r in rows):
             points = mean_by([r for r in rows if r["system"] == system], ["value"])
-            ax.plot([p[STYLE_SCORE] for p in points], [p[CONTENT_SCORE] for p in points], marker="o", markersize=3, label=system)
+            ax.plot(
+                [p[STYLE_SCORE] for p in points],
+                [p[CONTENT_SCORE] for p in points],
+                marker="o",
+                markersize=3,
+                label=system,
+                color=colours[system],
+            )
         for row in self.summary():
             if row["kind"] == "base":
                 ax.scatter([row[STYLE_SCORE]], [row[CONTENT_SCORE]], marker="x", color="black")
@@ -163,6 +179,16 @@ class Evaluation:
         systems = [r["system"] for r in self.summary() if r["style"] == style]
         rows = [[photo, apply_style(style, photo), *[self.images[(s, name)] for s in systems]] for name, photo in self.photos.items()]
         return image_grid(rows, row_labels=list(self.photos), col_labels=["photo", "target", *[s.split("/")[1] for s in systems]])
+
+    def study_items(self, kinds: tuple[str, ...] = ("base", "lora")) -> list[tuple[str, str, dict[str, Image.Image]]]:
+        """(photo, style, {kind: image}) for a user study (see :func:`stylekit.study.make_study`), from the images made here."""
+        items = []
+        for style in self.config.styles:
+            for photo in self.photos:
+                images = {kind: self.images[(f"{style}/{kind}", photo)] for kind in kinds if (f"{style}/{kind}", photo) in self.images}
+                if len(images) >= 2:
+                    items.append((photo, style, images))
+        return items
 
     def write_report(self, folder: Path | None = None) -> Path:
         """``evaluation.md`` with the tables and verdicts, and the CSV and PNG files it links, in ``outputs/reports``."""
@@ -233,6 +259,14 @@ class Evaluation:
             "",
         ]
         return "\n".join(lines)
+
+
+def _colours(rows: list[dict]) -> dict[str, tuple]:
+    """A distinct colour per system (up to 20), the same in every chart."""
+    import matplotlib.pyplot as plt
+
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    return {system: plt.cm.tab20(i % 20) for i, system in enumerate(systems)}
 
 
 def _markdown_table(table: Table) -> str:

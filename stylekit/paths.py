@@ -20,6 +20,6 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 def outputs_dir() -> Path:
     """The folder every run writes to (created if needed)."""
-    path = Path(os.environ.get("STYLEKIT_OUTPUTS", REPO_ROOT / "outputs"))
+    path = Path(os.environ.get("STYLEKIT_OUTPUTS") or REPO_ROOT / "outputs")  # unset or empty: the repository's outputs/
     path.mkdir(parents=True, exist_ok=True)
     return path

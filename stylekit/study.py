@@ -55,8 +55,13 @@ def _hidden_name(*parts: str) -> str:
 
 
 def make_study(folder: str | Path, items: list[tuple[str, str, dict[str, Image.Image]]], seed: int = 0) -> Study:
-    """Write a study: every pair of systems for each (photo, style, {system: image}) item, sides drawn at random."""
+    """Write a study: every pair of systems for each (photo, style, {system: image}) item, sides drawn at random.
+
+    A study that already has answers is opened as it is, never remade: its images and pairs stay those its participants saw.
+    """
     folder = Path(folder)
+    if (folder / "answers.csv").exists():
+        return Study(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     pairs = []

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -141,7 +143,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     resumed_from: int
-    peak_memory_mb: float = float("nan")  # CUDA allocator peak on a GPU, else the process's peak RSS
+    peak_memory_mb: float = float("nan")  # memory the training loop added (see MemoryMonitor)
     pipeline: object = field(default=None, repr=False)  # the base pipeline with the trained adapter active
 
 
@@ -383,48 +385,77 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
         desc=f"training {cfg.name}",
         disable=not (progress and accelerator.is_main_process),
     )
-    for step in bar:
-        dataset.epoch = step
-        step_loss = 0.0
-        for micro in range(cfg.gradient_accumulation):
-            sync = micro == cfg.gradient_accumulation - 1
-            with nullcontext() if sync else accelerator.no_sync(unet):
-                loss = _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, buckets, step, micro, accelerator)
-                accelerator.backward(loss / cfg.gradient_accumulation)
-            step_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / cfg.gradient_accumulation
-        if not math.isfinite(step_loss):
-            raise TrainingDiverged(
-                f"{cfg.name}: the loss became {step_loss} at step {step + 1}; training stopped. The last good checkpoint "
-                f"({run_dir / CHECKPOINT}) is kept. Lower the learning rate (now {cfg.learning_rate}) and run again."
-            )
-        accelerator.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        done = step + 1
-        if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            _save_training_state(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler, done, losses)
-        if accelerator.is_main_process and cfg.validation_every and done % cfg.validation_every == 0 and done < cfg.steps:
-            _save_validation(pipe, unet, cfg, photo, run_dir, done)
+    with MemoryMonitor() as memory:  # what training adds on top of the loaded model and data
+        for step in bar:
+            dataset.epoch = step
+            step_loss = 0.0
+            for micro in range(cfg.gradient_accumulation):
+                sync = micro == cfg.gradient_accumulation - 1
+                with nullcontext() if sync else accelerator.no_sync(unet):
+                    loss = _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, buckets, step, micro, accelerator)
+                    accelerator.backward(loss / cfg.gradient_accumulation)
+                step_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / cfg.gradient_accumulation
+            if not math.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"{cfg.name}: the loss became {step_loss} at step {step + 1}; training stopped. The last good checkpoint "
+                    f"({run_dir / CHECKPOINT}) is kept. Lower the learning rate (now {cfg.learning_rate}) and run again."
+                )
+            accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            done = step + 1
+            if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                _save_training_state(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler, done, losses)
+            if accelerator.is_main_process and cfg.validation_every and done % cfg.validation_every == 0 and done < cfg.steps:
+                _save_validation(pipe, unet, cfg, photo, run_dir, done)
     seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()
     unet.eval()
     files: dict[str, Path] = {}
     if accelerator.is_main_process:
-        files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, seconds)
+        files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, seconds, memory.peak_mb)
     trained = (cfg.steps - start) * cfg.batch_size * cfg.gradient_accumulation * accelerator.num_processes
-    return TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, peak_memory_mb(), pipe)
+    return TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, memory.peak_mb, pipe)
 
 
-def peak_memory_mb() -> float:
-    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, else the peak resident set size."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource  # Unix; the CPU figure is the whole process, model and data included
+class MemoryMonitor:
+    """Peak memory added while a block runs, in MB: the CUDA allocator's peak on a GPU, else resident memory sampled every 5 ms.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    On a CPU the figure is what the process grew by, not the bytes training touched:
+    memory freed earlier (while loading) is reused first, so it can read low.
+    """
+
+    def __init__(self):
+        self.cuda = torch.cuda.is_available()
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> MemoryMonitor:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        self.process = psutil.Process()
+        self.start = self.highest = self.process.memory_info().rss
+        self.running = True
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.highest = max(self.highest, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+        else:
+            self.running = False
+            self.sampler.join()
+            self.peak_mb = (self.highest - self.start) / 2**20
 
 
 def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
@@ -438,7 +469,9 @@ def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
     )
 
 
-def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, seconds: float) -> dict[str, Path]:
+def _write_outputs(
+    pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, seconds: float, peak_mb: float
+) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     info = {
@@ -455,7 +488,7 @@ def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], p
         "losses": losses,
         "resumed_from": start,
         "seconds_this_session": round(seconds, 2),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "peak_memory_mb": round(peak_mb, 1),
     }
     (run_dir / "losses.json").write_text(json.dumps(record))
     fig = loss_curve({cfg.name: losses})

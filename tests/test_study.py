@@ -42,6 +42,9 @@ def test_answers_are_appended_and_survive_a_new_session(study):
     again = Study(study.folder)  # a new session, e.g. after a kernel restart
     assert first not in again.remaining("ann") and len(again.remaining("ann")) == len(study.pairs) - 1
     again.record("bob", again.remaining("bob")[0], {"style": "B", "content": "B"})
+    pairs_before = (study.folder / "pairs.json").read_text()
+    remade = make_study(study.folder, _items(photos=3), seed=9)  # e.g. the notebook run again: the study in progress is kept
+    assert (study.folder / "pairs.json").read_text() == pairs_before and len(remade.answers()) == 4
     assert again.answers()[:2] == rows and len(again.answers()) == 4
     with pytest.raises(ValueError, match="'A' or 'B'"):
         again.record("bob", first, {"style": "C"})

@@ -1,0 +1,53 @@
+"""The evaluation on a real tiny-profile run: sweeps move the right way, the report and `stylekit eval` work."""
+
+import pytest
+
+from stylekit import metrics
+from stylekit.cli import main
+from stylekit.data import center_square, load_photos
+from stylekit.evaluate import EvalConfig, evaluate
+from stylekit.stylize import Stylizer
+from stylekit.synth import STYLES
+
+
+@pytest.fixture(scope="module")
+def reference(trained_outputs):
+    return metrics.StyleReference.demo(list(STYLES))
+
+
+def test_style_strength_sweep_is_monotonic_on_a_real_run(trained_outputs, reference):
+    stylizer = Stylizer("tiny")
+    photos = {p.file_name: center_square(p.image, 64) for p in load_photos(split="held_out")}
+    rows, images = metrics.strength_sweep(stylizer, photos, "3d", [0.0, 0.5, 1.0, 1.5], reference, progress=False)
+    points = metrics.mean_by(rows, ["style_strength"])
+    style = [p["style_probability"] for p in points]
+    content = [p["ssim"] for p in points]
+    assert metrics.is_monotonic(style, increasing=True, tolerance=0.01, min_change=0.05), style
+    assert metrics.is_monotonic(content, increasing=False, tolerance=0.005, min_change=0.005), content
+    assert len(images) == 8 and len(rows) == 8
+
+
+def test_content_strength_sweep_keeps_more_of_the_photo(trained_outputs, reference):
+    stylizer = Stylizer("tiny")
+    photos = {p.file_name: center_square(p.image, 64) for p in load_photos(split="held_out")}
+    rows, _ = metrics.strength_sweep(stylizer, photos, "anime", [0.2, 0.5, 0.8, 1.0], reference, axis="content_strength", progress=False)
+    points = metrics.mean_by(rows, ["content_strength"])
+    assert metrics.is_monotonic([p["ssim"] for p in points], increasing=True, tolerance=0.01, min_change=0.3)
+    assert points[-1]["ssim"] == pytest.approx(1.0, abs=0.05)  # content strength 1 returns the photo
+
+
+def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
+    evaluation = evaluate(
+        EvalConfig(styles=("anime", "3d"), kinds=False, style_strengths=(0.0, 1.0), content_strengths=(0.4, 0.8)), progress=False
+    )
+    systems = [r["system"] for r in evaluation.summary()]
+    assert systems == ["anime/base", "anime/lora", "3d/base", "3d/lora"]
+    assert len(evaluation.verdicts()) == 2 and all("base model" in line for line in evaluation.verdicts())
+    report = evaluation.write_report(tmp_path / "reports")
+    text = report.read_text()
+    assert "| anime/lora |" in text and "random-filters" in text and "lpips: unavailable" in text
+    for name in ("evaluation_scores.csv", "evaluation_sweeps.csv", "evaluation_sweeps.png", "evaluation_tradeoff.png", "evaluation_3d.png"):
+        assert (report.parent / name).exists(), name
+    assert main(["eval", "--styles", "anime", "--no-kinds", "--report-dir", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "anime/lora" in out and "evaluation.md" in out
