@@ -10,17 +10,16 @@ own), into ``outputs/comparison/<style>/<kind>/``; earlier results there are
 replaced, so the timings are this run's. Then every
 held-out photo is stylized at each multiplier and scored with
 :mod:`stylekit.metrics`. Results are written beside the adapters as
-``comparison.csv`` (one row per kind) and ``sweep.csv`` (one row per photo and multiplier).
+``comparison.csv`` (one row per kind), ``sweep.csv`` (one row per photo and multiplier) and ``config.json``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .adapters import KINDS
 from .data import center_square, ensure_demo_sets, load_photos, trigger_word
-from .metrics import StyleReference, evenness, mean_by, strength_sweep
+from .metrics import StyleReference, evenness, mean_by, strength_sweep, write_csv
 from .paths import outputs_dir
 from .plots import Table, image_grid
 from .profiles import get_profile
@@ -153,13 +152,6 @@ class Comparison:
         return image_grid(rows, row_labels=[row["kind"] for row in self.summary], col_labels=[f"x{s:g}" for s in strengths])
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def stored_parameters(path: Path) -> int:
     """Number of weights an adapter file stores (its scalar ``alpha`` entries left out)."""
     with safe_open(str(path), framework="pt") as handle:
@@ -235,6 +227,7 @@ def compare_kinds(config: ComparisonConfig | None = None, reference: StyleRefere
             style_gain=strongest["style_probability"] - points[int(np.argmin(strengths))]["style_probability"],
             evenness=evenness(strengths, probabilities),
         )
-    _write_csv(folder / "comparison.csv", summary)
-    _write_csv(folder / "sweep.csv", sweep)
+    write_csv(folder / "comparison.csv", summary)
+    write_csv(folder / "sweep.csv", sweep)
+    (folder / "config.json").write_text(json.dumps(asdict(config), indent=2))
     return Comparison(config, summary, sweep, images, folder, reference.classifier.net.name)

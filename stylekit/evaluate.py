@@ -15,16 +15,15 @@ when its results are there.
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import center_square, load_photos
-from .metrics import StyleReference, availability, is_monotonic, mean_by, score, strength_sweep
+from .metrics import StyleReference, availability, is_monotonic, mean_by, score, strength_sweep, write_csv
 from .paths import outputs_dir
 from .plots import Table, image_grid
 from .profiles import get_profile
@@ -196,8 +195,9 @@ class Evaluation:
 
         folder = Path(folder) if folder else outputs_dir() / "reports"
         folder.mkdir(parents=True, exist_ok=True)
-        _write_csv(folder / "evaluation_scores.csv", self.scores)
-        _write_csv(folder / "evaluation_sweeps.csv", self.sweeps)
+        write_csv(folder / "evaluation_scores.csv", self.scores)
+        write_csv(folder / "evaluation_sweeps.csv", self.sweeps)
+        (folder / "evaluation_config.json").write_text(json.dumps(asdict(self.config), indent=2))
         figures = {"evaluation_sweeps.png": self.sweep_charts(), "evaluation_tradeoff.png": self.tradeoff_chart()}
         figures.update({f"evaluation_{style}.png": self.grid(style) for style in self.config.styles})
         for name, fig in figures.items():
@@ -243,19 +243,20 @@ class Evaluation:
             "",
             "## Scores at the default settings",
             "",
-            _markdown_table(self.table()),
+            self.table().markdown(),
             "",
             *[f"- {line}" for line in self.verdicts()],
             "",
             "## Does style rise and content fall with style strength?",
             "",
-            _markdown_table(self.monotonic()),
+            self.monotonic().markdown(),
             "",
             "## Figures and data",
             "",
             *[f"![{name}]({name})" for name in figures],
             "",
-            "Data: [evaluation_scores.csv](evaluation_scores.csv), [evaluation_sweeps.csv](evaluation_sweeps.csv).",
+            "Data: [evaluation_scores.csv](evaluation_scores.csv), [evaluation_sweeps.csv](evaluation_sweeps.csv); "
+            "settings: [evaluation_config.json](evaluation_config.json).",
             "",
         ]
         return "\n".join(lines)
@@ -267,20 +268,6 @@ def _colours(rows: list[dict]) -> dict[str, tuple]:
 
     systems = list(dict.fromkeys(r["system"] for r in rows))
     return {system: plt.cm.tab20(i % 20) for i, system in enumerate(systems)}
-
-
-def _markdown_table(table: Table) -> str:
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.rows]
-    return "\n".join(lines)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def find_systems(config: EvalConfig, loras: dict[str, Path]) -> list[System]:

@@ -18,6 +18,7 @@ never approximated under their name.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ __all__ = [
     "ssim",
     "strength_sweep",
     "style_scores",
+    "write_csv",
 ]
 
 FEATURE_SIZE = 64  # images are compared at this size (the tiny profile's resolution)
@@ -531,6 +533,16 @@ def strength_sweep(
         target = targets.get(name) if targets else None
         rows.append({"style": style, "photo": name, axis: value, **score(photos[name], stylized, style, reference, target)})
     return rows, images
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    """Write result rows as CSV, one column per key seen in any row."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
 
 
 def mean_by(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:

@@ -91,6 +91,11 @@ class Table:
 
     __repr__ = __str__
 
+    def markdown(self) -> str:
+        """The table in Markdown (for reports)."""
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in self.rows])
+
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in self.rows)

@@ -1,0 +1,44 @@
+"""The kind comparison runs end to end on a small budget and records real measurements."""
+
+import csv
+import json
+
+import matplotlib.pyplot as plt
+import pytest
+
+from stylekit.compare import ComparisonConfig, compare_kinds, stored_parameters
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STYLEKIT_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
+        return compare_kinds(ComparisonConfig(style="anime", kinds=("lora", "lokr"), steps=3, strengths=(0.0, 0.5, 1.0)), progress=False)
+
+
+def test_each_kind_is_measured(comparison):
+    rows = {row["kind"]: row for row in comparison.summary}
+    assert list(rows) == ["lora", "lokr"]
+    for kind, row in rows.items():
+        assert row["parameters"] == stored_parameters(comparison.folder / kind / f"{kind}.safetensors") > 0
+        assert row["file_kb"] > 0 and row["train_seconds"] > 0 and row["peak_memory_mb"] >= 0
+        assert 0 <= row["style_probability"] <= 1 and 0 < row["ssim"] <= 1 and 0 <= row["evenness"] <= 1
+    assert rows["lokr"]["parameters"] < rows["lora"]["parameters"]
+    assert len(comparison.sweep) == 2 * 2 * 3  # kinds x held-out photos x multipliers
+
+
+def test_results_are_written_and_shown(comparison):
+    with (comparison.folder / "comparison.csv").open() as handle:
+        assert [r["kind"] for r in csv.DictReader(handle)] == ["lora", "lokr"]
+    assert json.loads((comparison.folder / "config.json").read_text())["kinds"] == ["lora", "lokr"]
+    assert len(comparison.table().rows) == 2 and len(comparison.findings()) == 6
+    for figure in (comparison.charts(), comparison.grid()):
+        assert figure.axes
+        plt.close(figure)
+
+
+def test_unknown_kind_or_style_is_refused():
+    with pytest.raises(ValueError, match="unknown adapter kind"):
+        compare_kinds(ComparisonConfig(kinds=("lora", "ia4")))
+    with pytest.raises(ValueError, match="demo style"):
+        compare_kinds(ComparisonConfig(style="my_style"))
