@@ -223,7 +223,7 @@ def command_eval(args) -> int:
     config = EvalConfig(profile=args.profile, kinds=args.kinds, **({"styles": tuple(args.styles)} if args.styles else {}))
     evaluation = evaluate(config)
     print(evaluation.table())
-    print("\n".join(evaluation.verdicts()))
+    print("\n".join([*evaluation.verdicts(), evaluation.unbeaten_sentence()]))
     print(f"report: {evaluation.write_report(args.report_dir)}")
     return 0
 

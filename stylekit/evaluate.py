@@ -226,6 +226,16 @@ class Evaluation:
             lines.append(line)
         return lines
 
+    def unbeaten_sentence(self) -> str:
+        """Which styles no adapter improves on the baseline, in one sentence."""
+        rows = self.summary()
+        unbeaten = [style for style in self.config.styles if not any(r["beats_baseline"] for r in rows if r["style"] == style)]
+        return (
+            f"No adapter beats the base model for: {', '.join(unbeaten)}."
+            if unbeaten
+            else "Every style has an adapter that beats the base model."
+        )
+
     def markdown(self, figures: list[str]) -> str:
         beaten = [r for r in self.summary() if r["beats_baseline"]]
         adapters = [r for r in self.summary() if r["kind"] != "base"]
@@ -234,7 +244,7 @@ class Evaluation:
             "",
             f"Profile `{self.config.profile}`, held-out photos {', '.join(self.photos)}, seed {self.config.seed}. "
             f"{len(beaten)} of {len(adapters)} adapters beat the base model on style consistency "
-            f"(style probability higher by more than {MARGIN}).",
+            f"(style probability higher by more than {MARGIN}). " + self.unbeaten_sentence(),
             "",
             "## Measures",
             "",

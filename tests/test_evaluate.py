@@ -46,6 +46,7 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
     report = evaluation.write_report(tmp_path / "reports")
     text = report.read_text()
     assert "| anime/lora |" in text and "random-filters" in text and "lpips: unavailable" in text
+    assert evaluation.unbeaten_sentence() in text
     for name in ("evaluation_scores.csv", "evaluation_sweeps.csv", "evaluation_sweeps.png", "evaluation_tradeoff.png", "evaluation_3d.png"):
         assert (report.parent / name).exists(), name
     assert main(["eval", "--styles", "anime", "--no-kinds", "--report-dir", str(tmp_path / "cli")]) == 0
