@@ -6,6 +6,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 
+from stylekit import adapters
 from stylekit.adapters import KINDS, AdapterMismatch, AdapterSpec, adapter_file, load_adapter, set_adapter_weights
 from stylekit.cli import main
 from stylekit.data import build_demo_sets
@@ -114,3 +115,16 @@ def test_cli_trains_a_lycoris_kind(anime_set, tmp_path, capsys):
     assert "lycoris" in out and "cli_loha.safetensors" in out
     with pytest.raises(SystemExit):
         main(["train", str(anime_set), "--name", "x", "--kind", "ia4"])
+
+
+def test_lycoris_coverage_shows_what_presets_wrap():
+    unet = load_pipeline("tiny").unet
+    coverage = adapters.lycoris_coverage(unet)
+    assert not coverage["classes of the 'attn-only' preset"]  # diffusers' attention class is not CrossAttention
+    attention, with_conv = coverage["stylekit: attention"], coverage["stylekit: attention + conv"]
+    assert set(attention) == {n for n, _ in unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))}
+    assert set(attention) < set(with_conv) < set(coverage["lycoris defaults (no preset)"])
+    assert any(adapters.layer_group(n) == "feed-forward" for n in coverage["lycoris defaults (no preset)"])
+    table = adapters.coverage_table(coverage)
+    assert [row[1] for row in table.rows] == [len(layers) for layers in coverage.values()]
+    assert not getattr(unet, "lycoris", None)  # counting changed nothing
