@@ -63,6 +63,15 @@ KINDS = (*PEFT_KINDS, *LYCORIS_ALGOS)
 LYCORIS_PREFIX = "lora_unet"  # key prefix that AUTOMATIC1111 and ComfyUI expect for UNet layers
 LYCORIS_MODULE = "lycoris"  # the trained LyCORIS network is registered on the UNet under this name
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
+# lycoris keeps its preset on the class: every preset stylekit applies starts from this empty one
+EMPTY_PRESET = {
+    "target_module": [],
+    "target_name": [],
+    "module_algo_map": {},
+    "name_algo_map": {},
+    "exclude_name": [],
+    "use_fnmatch": False,
+}
 
 
 class AdapterMismatch(ValueError):
@@ -118,16 +127,7 @@ class AdapterSpec:
         included; naming the layers keeps every kind on the same targets as LoRA.
         """
         names = "|".join(re.escape(t) for t in self.unet_targets())
-        return {
-            "target_module": [],
-            "target_name": [rf".*\.({names})$"],
-            "module_algo_map": {},
-            "name_algo_map": {},
-            "exclude_name": [],
-            "use_fnmatch": False,
-            "enable_conv": True,
-            "lora_prefix": LYCORIS_PREFIX,
-        }
+        return {**EMPTY_PRESET, "target_name": [rf".*\.({names})$"], "enable_conv": True, "lora_prefix": LYCORIS_PREFIX}
 
     def unet_config(self) -> LoraConfig:
         targets = self.unet_targets()
@@ -220,10 +220,9 @@ def lycoris_coverage(unet, presets: dict[str, dict] | None = None) -> dict[str, 
     presets = presets or _coverage_presets()
     _quiet_lycoris()
     names = {f"{LYCORIS_PREFIX}_{n}".replace(".", "_"): n for n, _ in unet.named_modules() if n}
-    clean = {"target_module": [], "target_name": [], "module_algo_map": {}, "name_algo_map": {}, "exclude_name": [], "use_fnmatch": False}
     coverage = {}
     for label, preset in presets.items():
-        LycorisNetwork.apply_preset({**clean, **preset, "lora_prefix": LYCORIS_PREFIX})
+        LycorisNetwork.apply_preset({**EMPTY_PRESET, **preset, "lora_prefix": LYCORIS_PREFIX})
         network = create_lycoris(unet, 1.0, linear_dim=1, linear_alpha=1, algo="locon", warn_on_unmatched=False)
         coverage[label] = [names[lora.lora_name] for lora in network.loras]
     return coverage
