@@ -45,6 +45,7 @@ __all__ = [
     "AdapterMismatch",
     "AdapterSpec",
     "adapter_file",
+    "find_adapter_file",
     "adapter_state",
     "attach_adapter",
     "load_adapter",
@@ -313,15 +314,19 @@ def _kohya_metadata(spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
     return metadata
 
 
+def find_adapter_file(folder: Path) -> Path | None:
+    """The weights file of an adapter folder (diffusers file for LoRA / DoRA, ``<name>.safetensors`` for LyCORIS), if any."""
+    folder = Path(folder)
+    return next((f for f in (folder / DIFFUSERS_WEIGHTS, folder / f"{folder.name}.safetensors") if f.is_file()), None)
+
+
 def adapter_file(path: Path) -> Path:
-    """The weights file of an adapter folder (diffusers file for LoRA / DoRA, ``<name>.safetensors`` for LyCORIS), or ``path`` itself."""
+    """``path`` itself when it is a file, else its folder's adapter file (see :func:`find_adapter_file`)."""
     path = Path(path)
-    if path.is_file():
-        return path
-    for candidate in (path / DIFFUSERS_WEIGHTS, path / f"{path.name}.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{path} holds no adapter ({DIFFUSERS_WEIGHTS} or {path.name}.safetensors)")
+    found = path if path.is_file() else find_adapter_file(path)
+    if found is None:
+        raise FileNotFoundError(f"{path} holds no adapter ({DIFFUSERS_WEIGHTS} or {path.name}.safetensors)")
+    return found
 
 
 def _is_lycoris_file(path: Path) -> bool:

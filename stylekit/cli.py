@@ -233,14 +233,8 @@ def command_serve(args) -> int:
     return subprocess.call(serve_command(args.port))
 
 
-def adapter_kinds() -> tuple[str, ...]:
-    from .adapters import KINDS
-
-    return KINDS
-
-
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
-    """One ``--option`` per dataclass field; unset options keep the dataclass default (``None`` = profile default)."""
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str], choices: dict[str, tuple] | None = None) -> None:
+    """One ``--option`` per dataclass field (``choices`` limits some); unset options keep the dataclass default (``None`` = profile default)."""
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
         if item.name in skip:
@@ -252,8 +246,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str])
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif kind in (int, float, str):
-            choices = adapter_kinds() if item.name == "kind" else None
-            parser.add_argument(flag, type=kind, default=None, choices=choices, help=f"default: {item.default}")
+            parser.add_argument(flag, type=kind, default=None, choices=(choices or {}).get(item.name), help=f"default: {item.default}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,12 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=command_data_demo)
 
+    from .adapters import KINDS
     from .train import TrainConfig
 
     train = sub.add_parser("train", help="train one style adapter on a dataset folder (see stylekit.train.TrainConfig)")
     train.add_argument("dataset", help="dataset folder")
     train.add_argument("--name", required=True, help="style name; results go to outputs/loras/NAME")
-    _add_dataclass_options(train, TrainConfig, skip={"name", "dataset"})
+    _add_dataclass_options(train, TrainConfig, skip={"name", "dataset"}, choices={"kind": KINDS})
     train.set_defaults(handler=command_train)
 
     stylize = sub.add_parser("stylize", help="stylize a photo or a folder of photos with trained styles")

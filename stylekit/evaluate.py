@@ -75,6 +75,7 @@ class Evaluation:
     sweeps: list[dict]
     images: dict[tuple[str, str], Image.Image] = field(repr=False)  # (system name, photo) -> image at default settings
     photos: dict[str, Image.Image] = field(repr=False)
+    targets: dict[str, dict[str, Image.Image]] = field(repr=False)  # style -> photo -> the style filter applied to it
     classifier_accuracy: float
     measures: dict[str, str]
 
@@ -176,7 +177,7 @@ class Evaluation:
     def grid(self, style: str):
         """Per held-out photo: the photo, the exact target (the style filter), then each system at default settings."""
         systems = [r["system"] for r in self.summary() if r["style"] == style]
-        rows = [[photo, apply_style(style, photo), *[self.images[(s, name)] for s in systems]] for name, photo in self.photos.items()]
+        rows = [[photo, self.targets[style][name], *[self.images[(s, name)] for s in systems]] for name, photo in self.photos.items()]
         return image_grid(rows, row_labels=list(self.photos), col_labels=["photo", "target", *[s.split("/")[1] for s in systems]])
 
     def study_items(self, kinds: tuple[str, ...] = ("base", "lora")) -> list[tuple[str, str, dict[str, Image.Image]]]:
@@ -300,6 +301,7 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
     reference = StyleReference.demo(list(STYLES), resolution, config.seed)
     loras = ensure_trained(list(config.styles), config.profile, config.seed)
     photos = {p.file_name.rsplit(".", 1)[0]: center_square(p.image, resolution) for p in load_photos(split="held_out")}
+    targets = {style: {name: apply_style(style, photo) for name, photo in photos.items()} for style in config.styles}
     systems = find_systems(config, loras)
     stylizers = {folder: Stylizer(config.profile, styles_dir=folder) for folder in dict.fromkeys(s.styles_dir for s in systems)}
     scores, sweeps, images = [], [], {}
@@ -311,15 +313,14 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
                 photo, system.adapter, style_strength=strength, content_strength=config.content_strength, seed=config.seed
             )
             images[(system.name, name)] = image
-            scored = score(photo, image, system.style, reference, apply_style(system.style, photo))
+            scored = score(photo, image, system.style, reference, targets[system.style][name])
             scores.append({"system": system.name, "style": system.style, "kind": system.kind, "photo": name, **scored})
         if system.kind != "base":
-            sweeps += _sweeps(config, stylizer, system, photos, reference)
-    return Evaluation(config, scores, sweeps, images, photos, reference.classifier.held_out_accuracy, availability())
+            sweeps += _sweeps(config, stylizer, system, photos, targets[system.style], reference)
+    return Evaluation(config, scores, sweeps, images, photos, targets, reference.classifier.held_out_accuracy, availability())
 
 
-def _sweeps(config: EvalConfig, stylizer: Stylizer, system: System, photos, reference) -> list[dict]:
-    targets = {name: apply_style(system.style, photo) for name, photo in photos.items()}
+def _sweeps(config: EvalConfig, stylizer: Stylizer, system: System, photos, targets, reference) -> list[dict]:
     rows = []
     for axis, values, fixed in (
         ("style_strength", config.style_strengths, {"content_strength": config.content_strength}),

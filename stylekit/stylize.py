@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from . import __version__
-from .adapters import DIFFUSERS_WEIGHTS, adapter_file, load_adapter, set_adapter_weights
+from .adapters import adapter_file, find_adapter_file, load_adapter, set_adapter_weights
 from .data import IMAGE_SUFFIXES, open_image, trigger_word
 from .models import load_pipeline
 from .paths import outputs_dir
@@ -102,7 +102,7 @@ def find_styles(folder: Path | None = None) -> dict[str, Path]:
     folder = Path(folder) if folder else outputs_dir() / "loras"
     if not folder.is_dir():
         return {}
-    return {p.name: p for p in sorted(folder.iterdir()) if (p / DIFFUSERS_WEIGHTS).exists() or (p / f"{p.name}.safetensors").exists()}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and find_adapter_file(p)}
 
 
 def _adapter_hash(folder: Path) -> str:
@@ -136,9 +136,8 @@ class Stylizer:
     def trigger(self, name: str) -> str:
         """The word that calls style ``name``: the trigger it was trained with (its ``config.json``), else from the name."""
         config = self.styles[name] / "config.json" if name in self.styles else None
-        if config is not None and config.exists():
-            return json.loads(config.read_text()).get("trigger") or trigger_word(name)
-        return trigger_word(name)
+        trained = json.loads(config.read_text()).get("trigger") if config and config.exists() else None
+        return trained or trigger_word(name)
 
     def activate(self, styles: dict[str, float], style_strength: float) -> None:
         """Load any adapter not loaded yet, then set the blend (no reloads)."""
