@@ -184,6 +184,7 @@ def command_stylize(args) -> int:
         steps=args.steps,
         guidance=args.guidance,
         prompt=args.prompt,
+        method=args.method,
     )
     styles = _parse_styles(args.style)
     if args.input.is_dir():
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--steps", type=int, default=None)
     stylize.add_argument("--guidance", type=float, default=None)
     stylize.add_argument("--prompt", default="", help="what the photo shows (optional)")
+    stylize.add_argument(
+        "--method", choices=["img2img", "inversion"], default=None, help="how the photo is carried into the result (default: the profile's)"
+    )
     stylize.add_argument("--model", default="tiny", help="profile, hub id or local model (default tiny)")
     stylize.set_defaults(handler=command_stylize)
 

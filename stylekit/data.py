@@ -444,15 +444,27 @@ def trigger_word(style: str) -> str:
     return style.replace("_", " ")
 
 
-def demo_content(count: int, resolution: int, seed: int = 0) -> list[tuple[Image.Image, str]]:
-    """Content images with captions: a crop of each training photo, then procedural scenes."""
+def photo_crop(image: Image.Image, resolution: int, rng: random.Random) -> Image.Image:
+    """A random square window of 35-100 % of the photo's short side, at ``resolution`` (mirrored half the time)."""
+    side = int(min(image.size) * rng.uniform(0.35, 1.0))
+    left, top = rng.randint(0, image.width - side), rng.randint(0, image.height - side)
+    crop = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+
+
+def demo_content(count: int, resolution: int, seed: int = 0, photo_share: float = 0.75) -> list[tuple[Image.Image, str]]:
+    """Content images with captions: mostly crops of the training photos (users bring photos), the rest procedural scenes.
+
+    ``photo_share`` of the images are photo crops, taken from the training photos in turn
+    at random scales and places; held-out photos are never used.
+    """
     rng = random.Random(seed)
-    content = []
-    for photo in load_photos(split="train"):
-        content.append((_fit(photo.image, resolution, resolution, "random", rng), photo.caption))
+    photos = load_photos(split="train")
+    crops = round(count * photo_share)
+    content = [(photo_crop(photos[i % len(photos)].image, resolution, rng), photos[i % len(photos)].caption) for i in range(crops)]
     scene_seed = 500_000 + seed  # away from the seeds the base model was pretrained on
-    content += [(s.image, s.caption) for s in synth.make_scenes(max(0, count - len(content)), resolution, seed=scene_seed)]
-    return content[:count]
+    content += [(s.image, s.caption) for s in synth.make_scenes(count - crops, resolution, seed=scene_seed)]
+    return content
 
 
 def build_demo_sets(

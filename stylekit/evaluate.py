@@ -10,7 +10,15 @@ A *system* is one way of stylizing for a style: ``<style>/base`` is the base
 model with the same prompt (trigger words included) and no adapter, the
 baseline; ``<style>/lora`` is the style's adapter from notebook 02; and
 ``<style>/<kind>`` each adapter kind trained by the comparison (notebook 03)
-when its results are there.
+when its results are there. Every table also carries reference rows that set
+the scale: the untouched photo, the photo blurred, the autoencoder's copy of the
+photo, and the exact target (the style filter applied to the photo).
+
+The bar a style must clear (issue 12): on the held-out photos at the default
+settings, the judge gives the stylization at least 0.6 and the untouched photo at
+most 0.2, content SSIM is at least 0.6, the target gain beats both the untouched
+and the blurred photo, and in text-to-image the adapter at strength 1 beats
+strength 0 by at least 0.5 on the judge.
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageFilter
 from tqdm.auto import tqdm
 
 from .data import center_square, load_photos
-from .metrics import StyleReference, availability, is_monotonic, mean_by, score, strength_sweep, write_csv
+from .metrics import StyleReference, availability, is_monotonic, judge_check, mean_by, score, strength_sweep, write_csv
+from .models import as_task
 from .paths import outputs_dir
 from .plots import Table, image_grid
 from .profiles import get_profile
@@ -36,7 +45,11 @@ __all__ = ["EvalConfig", "Evaluation", "System", "evaluate"]
 STYLE_SCORE = "style_probability"  # the headline style-consistency score (higher is better)
 CONTENT_SCORE = "ssim"  # the headline content score (higher keeps more of the photo)
 MARGIN = 0.01  # an adapter "beats" the baseline when its style probability is higher by more than this
-SHOWN = ("style_probability", "gram_distance", "target_ssim", "ssim", "psnr", "edge_f1", "clip", "dino")
+SHOWN = ("style_probability", "target_gain", "gram_distance", "target_ssim", "ssim", "psnr", "edge_f1", "clip", "dino")
+REFERENCES = ("photo", "blurred", "autoencoder", "target")  # reference rows: what no method, a blur, the autoencoder, the truth score
+BLUR_SIGMA = 0.7  # the blurred reference: a Gaussian blur that raises SSIM to most demo targets
+BAR = {"judge": 0.6, "judge_on_photo": 0.2, "ssim": 0.6, "txt2img_gain": 0.5}
+TXT2IMG_PROMPTS = ("a photo of a cat", "a red house and two trees on green hills under a blue sky")
 
 
 @dataclass
@@ -78,13 +91,16 @@ class Evaluation:
     targets: dict[str, dict[str, Image.Image]] = field(repr=False)  # style -> photo -> the style filter applied to it
     classifier_accuracy: float
     measures: dict[str, str]
+    judge: list[dict] = field(default_factory=list)  # judge_check rows: can the judge tell each style from no style?
+    txt2img: dict[str, tuple[float, float]] = field(default_factory=dict)  # style -> judge at adapter strength 0 and 1
 
     def summary(self) -> list[dict]:
         """Mean scores per system, with the baseline's style score and whether the system beats it."""
         rows = mean_by(self.scores, ["system", "style", "kind"])
         baseline = {r["style"]: r[STYLE_SCORE] for r in rows if r["kind"] == "base"}
         for row in rows:
-            row["beats_baseline"] = None if row["kind"] == "base" else row[STYLE_SCORE] > baseline[row["style"]] + MARGIN
+            fixed = row["kind"] == "base" or row["kind"] in REFERENCES
+            row["beats_baseline"] = None if fixed else row[STYLE_SCORE] > baseline[row["style"]] + MARGIN
         return rows
 
     def table(self) -> Table:
@@ -92,7 +108,10 @@ class Evaluation:
         rows = self.summary()
         shown = [k for k in SHOWN if k in rows[0]]
         verdict = {None: "baseline", True: "yes", False: "no"}
-        body = [[r["system"], *[f"{r[k]:.3f}" for k in shown], verdict[r["beats_baseline"]]] for r in rows]
+        body = [
+            [r["system"], *[f"{r[k]:.3f}" for k in shown], "reference" if r["kind"] in REFERENCES else verdict[r["beats_baseline"]]]
+            for r in rows
+        ]
         return Table(["system", *shown, "beats baseline on style"], body)
 
     def monotonic(self, tolerance: float = 0.01) -> Table:
@@ -176,7 +195,7 @@ class Evaluation:
 
     def grid(self, style: str):
         """Per held-out photo: the photo, the exact target (the style filter), then each system at default settings."""
-        systems = [r["system"] for r in self.summary() if r["style"] == style]
+        systems = [r["system"] for r in self.summary() if r["style"] == style and r["kind"] not in ("photo", "blurred", "target")]
         rows = [[photo, self.targets[style][name], *[self.images[(s, name)] for s in systems]] for name, photo in self.photos.items()]
         return image_grid(rows, row_labels=list(self.photos), col_labels=["photo", "target", *[s.split("/")[1] for s in systems]])
 
@@ -214,7 +233,7 @@ class Evaluation:
         base = {r["style"]: r for r in rows if r["kind"] == "base"}
         lines = []
         for r in rows:
-            if r["kind"] == "base":
+            if r["beats_baseline"] is None:
                 continue
             b = base[r["style"]]
             word = "beats" if r["beats_baseline"] else "does NOT beat"
@@ -237,6 +256,77 @@ class Evaluation:
             else "Every style has an adapter that beats the base model."
         )
 
+    def bar(self) -> list[dict]:
+        """Per style: the style's adapter at the default settings against the bar (see the module docstring)."""
+        rows = {r["system"]: r for r in self.summary()}
+        judge = {r["style"]: r for r in self.judge}
+        found = []
+        for style in self.config.styles:
+            adapter = next((r for r in rows.values() if r["style"] == style and r["beats_baseline"] is not None), None)
+            if adapter is None:
+                continue
+            photo, blurred = rows[f"{style}/photo"], rows[f"{style}/blurred"]
+            off, on = self.txt2img.get(style, (float("nan"), float("nan")))
+            row = {
+                "style": style,
+                "judge": adapter[STYLE_SCORE],
+                "judge_on_photo": photo[STYLE_SCORE],
+                "ssim": adapter[CONTENT_SCORE],
+                "target_gain": adapter["target_gain"],
+                "blurred_gain": blurred["target_gain"],
+                "txt2img_gain": on - off,
+                "judge_valid": judge[style]["valid"] if style in judge else None,
+            }
+            row["meets"] = (
+                row["judge"] >= BAR["judge"]
+                and row["judge_on_photo"] <= BAR["judge_on_photo"]
+                and row["ssim"] >= BAR["ssim"]
+                and row["target_gain"] > max(0.0, row["blurred_gain"])
+                and row["txt2img_gain"] >= BAR["txt2img_gain"]
+            )
+            found.append(row)
+        return found
+
+    def bar_table(self) -> Table:
+        body = [
+            [
+                r["style"],
+                f"{r['judge']:.2f}",
+                f"{r['judge_on_photo']:.2f}",
+                f"{r['ssim']:.2f}",
+                f"{r['target_gain']:.2f} (blur {r['blurred_gain']:.2f})",
+                f"{r['txt2img_gain']:+.2f}",
+                {True: "valid", False: "INVALID", None: "-"}[r["judge_valid"]],
+                "yes" if r["meets"] else "no",
+            ]
+            for r in self.bar()
+        ]
+        return Table(
+            [
+                "style",
+                f"judge (>= {BAR['judge']})",
+                f"judge on photo (<= {BAR['judge_on_photo']})",
+                f"content SSIM (>= {BAR['ssim']})",
+                "target gain (> photo 0, > blur)",
+                f"text-to-image gain (>= {BAR['txt2img_gain']})",
+                "judge",
+                "meets the bar",
+            ],
+            body,
+        )
+
+    def bar_sentence(self) -> str:
+        rows = self.bar()
+        met = [r["style"] for r in rows if r["meets"]]
+        missed = [r["style"] for r in rows if not r["meets"]]
+        return f"{len(met)} of {len(rows)} styles meet the bar (the goal: at least 4 of 5)." + (
+            f" Not met: {', '.join(missed)}." if missed else ""
+        )
+
+    def judge_table(self) -> Table:
+        body = [[r["style"], f"{r['on_target']:.2f}", f"{r['on_photo']:.2f}", "valid" if r["valid"] else "INVALID"] for r in self.judge]
+        return Table(["style", "judge on the exact target", "judge on the untouched photo", "judge"], body)
+
     def markdown(self, figures: list[str]) -> str:
         beaten = [r for r in self.summary() if r["beats_baseline"]]
         adapters = [r for r in self.summary() if r["kind"] != "base"]
@@ -246,6 +336,19 @@ class Evaluation:
             f"Profile `{self.config.profile}`, held-out photos {', '.join(self.photos)}, seed {self.config.seed}. "
             f"{len(beaten)} of {len(adapters)} adapters beat the base model on style consistency "
             f"(style probability higher by more than {MARGIN}). " + self.unbeaten_sentence(),
+            "",
+            "## Does each style meet the bar?",
+            "",
+            self.bar_sentence(),
+            "",
+            self.bar_table().markdown(),
+            "",
+            "## Can the judge tell style from no style?",
+            "",
+            "The judge is the style classifier. On the held-out photos it must give the exact target at least "
+            "0.6 and the untouched photo at most 0.2; a style where it does not is marked INVALID, and its style scores mean little.",
+            "",
+            self.judge_table().markdown(),
             "",
             "## Measures",
             "",
@@ -305,6 +408,13 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
     systems = find_systems(config, loras)
     stylizers = {folder: Stylizer(config.profile, styles_dir=folder) for folder in dict.fromkeys(s.styles_dir for s in systems)}
     scores, sweeps, images = [], [], {}
+    any_stylizer = next(iter(stylizers.values()))
+    for style in config.styles:
+        for name, photo in photos.items():
+            for kind, image in reference_images(any_stylizer, photo, targets[style][name]).items():
+                images[(f"{style}/{kind}", name)] = image
+                scored = score(photo, image, style, reference, targets[style][name])
+                scores.append({"system": f"{style}/{kind}", "style": style, "kind": kind, "photo": name, **scored})
     for system in tqdm(systems, desc="evaluating", disable=not progress):
         stylizer = stylizers[system.styles_dir]
         strength = 0.0 if system.kind == "base" else 1.0
@@ -317,7 +427,44 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
             scores.append({"system": system.name, "style": system.style, "kind": system.kind, "photo": name, **scored})
         if system.kind != "base":
             sweeps += _sweeps(config, stylizer, system, photos, targets[system.style], reference)
-    return Evaluation(config, scores, sweeps, images, photos, targets, reference.classifier.held_out_accuracy, availability())
+    judge = judge_check(reference.classifier, list(photos.values()), config.styles)
+    text = {style: txt2img_judge(stylizers[loras[style].parent], style, reference, config.seed) for style in config.styles}
+    return Evaluation(
+        config, scores, sweeps, images, photos, targets, reference.classifier.held_out_accuracy, availability(), judge, text
+    )
+
+
+def reference_images(stylizer: Stylizer, photo: Image.Image, target: Image.Image) -> dict[str, Image.Image]:
+    """The reference rows' images: the untouched photo, the photo blurred, the autoencoder's copy, the exact target."""
+    return {
+        "photo": photo,
+        "blurred": photo.filter(ImageFilter.GaussianBlur(BLUR_SIGMA)),
+        "autoencoder": stylizer.autoencode(photo),
+        "target": target,
+    }
+
+
+def txt2img_judge(stylizer: Stylizer, style: str, reference: StyleReference, seed: int = 0) -> tuple[float, float]:
+    """The judge's mean probability of ``style`` in text-to-image with its trigger, adapter at strength 0 and at 1."""
+    import torch
+
+    defaults = stylizer.profile.inference
+    pipe = as_task(stylizer.pipe, "txt2img")
+    means = []
+    for strength in (0.0, 1.0):
+        stylizer.activate({style: 1.0}, strength)
+        images = [
+            pipe(
+                f"{stylizer.trigger(style)} style, {prompt}",
+                num_inference_steps=defaults.steps,
+                guidance_scale=defaults.guidance,
+                generator=torch.Generator().manual_seed(seed + i),
+            ).images[0]
+            for prompt in TXT2IMG_PROMPTS
+            for i in range(2)
+        ]
+        means.append(float(reference.classifier.probabilities(images)[:, reference.classifier.classes.index(style)].mean()))
+    return means[0], means[1]
 
 
 def _sweeps(config: EvalConfig, stylizer: Stylizer, system: System, photos, targets, reference) -> list[dict]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
@@ -32,10 +33,15 @@ from .models import load_pipeline
 from .paths import outputs_dir
 from .profiles import PROFILES
 
-__all__ = ["Recipe", "Stylizer", "blend", "find_styles", "read_recipe", "reproduce", "save_with_recipe"]
+__all__ = ["METHODS", "Recipe", "Stylizer", "blend", "find_styles", "read_recipe", "reproduce", "save_with_recipe"]
 
 RECIPE_KEY = "stylekit"  # PNG text chunk with the settings as JSON
 SOURCE_KEY = "stylekit_source"  # PNG text chunk with the photo as the pipeline saw it
+METHODS = {
+    "img2img": "SDEdit: noise the photo part of the way, then denoise with the style active (Meng et al. 2022)",
+    "inversion": "edit-friendly DDPM inversion: record the noise that rebuilds the photo, then replay it with the style active "
+    "(Huberman-Spiegelglas et al. 2024)",
+}
 SAMPLER_NAMES = {
     "DPMSolverMultistepScheduler": "DPM++ 2M",
     "EulerDiscreteScheduler": "Euler",
@@ -62,6 +68,7 @@ class Recipe:
     work_size: tuple[int, int]  # the size the model ran at
     adapter_hashes: dict[str, str] = field(default_factory=dict)
     sampler: str = ""
+    method: str = "img2img"  # how the photo is carried into the result: one of METHODS
     version: str = __version__
     source: Image.Image | None = field(default=None, repr=False, compare=False)  # the photo at work size, as the model saw it
 
@@ -81,6 +88,7 @@ class Recipe:
             f"Size: {self.work_size[0]}x{self.work_size[1]}",
             f"Model: {self.model}",
             f"Denoising strength: {1 - self.content_strength:g}",
+            f"Stylize method: {self.method}",
         ]
         if hashes:
             settings.append(f'Lora hashes: "{hashes}"')
@@ -130,6 +138,7 @@ class Stylizer:
         self.pipe = load_pipeline(self.model, task="img2img", device=device)
         self.styles = find_styles(styles_dir)
         self.loaded: set[str] = set()
+        self.ddpm = DDPMScheduler.from_config(self.pipe.scheduler.config)  # the training noise schedule, for inversion
         unet_levels = len(self.pipe.unet.config.block_out_channels)
         self.multiple = self.pipe.vae_scale_factor * 2 ** (unet_levels - 1)
 
@@ -162,6 +171,7 @@ class Stylizer:
         guidance: float | None = None,
         prompt: str = "",
         negative_prompt: str = "",
+        method: str | None = None,
     ) -> tuple[Image.Image, Recipe]:
         """Stylize ``image``; returns the result (same size as ``image``) and its recipe.
 
@@ -170,6 +180,7 @@ class Stylizer:
             style_strength: multiplier of the adapter(s): 0 is the base model, 1 the trained style.
             content_strength: 1 keeps the photo, 0 ignores it (default: the profile's).
             prompt: what the photo shows, appended to the styles' trigger words.
+            method: how the photo is carried into the result, one of :data:`METHODS` (default: the profile's).
         """
         defaults = self.profile.inference
         styles = {style: 1.0} if isinstance(style, str) else dict(style)
@@ -177,6 +188,9 @@ class Stylizer:
         if not 0.0 <= content <= 1.0:
             raise ValueError(f"content_strength must be between 0 and 1, not {content}")
         steps = steps or defaults.steps
+        method = method or defaults.method
+        if method not in METHODS:
+            raise ValueError(f"unknown stylize method {method!r}: choose one of {', '.join(METHODS)}")
         guidance = defaults.guidance if guidance is None else guidance
         image = image.convert("RGB")
         work = working_size(image.width, image.height, self.profile.resolution, self.multiple)
@@ -195,7 +209,8 @@ class Stylizer:
             size=image.size,
             work_size=work,
             adapter_hashes={name: _adapter_hash(self.styles[name]) for name in styles if name in self.styles},
-            sampler=SAMPLER_NAMES.get(type(self.pipe.scheduler).__name__, type(self.pipe.scheduler).__name__),
+            sampler="DDPM (edit-friendly inversion)" if method == "inversion" else SAMPLER_NAMES.get(type(self.pipe.scheduler).__name__, type(self.pipe.scheduler).__name__),
+            method=method,
         )
         recipe.source = image.resize(work, Image.Resampling.LANCZOS)
         return self.run(recipe), recipe
@@ -206,18 +221,85 @@ class Stylizer:
         denoise = 1.0 - recipe.content_strength
         if int(recipe.steps * denoise) < 1:  # not a single denoising step: the photo comes back as it is
             return source.resize(tuple(recipe.size), Image.Resampling.LANCZOS)
-        self.activate(recipe.styles, recipe.style_strength)
+        if recipe.method not in METHODS:
+            raise ValueError(f"unknown stylize method {recipe.method!r}: choose one of {', '.join(METHODS)}")
         generator = torch.Generator(device="cpu").manual_seed(recipe.seed)
-        result = self.pipe(
-            prompt=recipe.full_prompt,
-            negative_prompt=recipe.negative_prompt or None,
-            image=source,
-            strength=denoise,
-            num_inference_steps=recipe.steps,
-            guidance_scale=recipe.guidance,
-            generator=generator,
-        ).images[0]
+        if recipe.method == "inversion":
+            result = self._inversion(recipe, generator)
+        else:
+            self.activate(recipe.styles, recipe.style_strength)
+            result = self.pipe(
+                prompt=recipe.full_prompt,
+                negative_prompt=recipe.negative_prompt or None,
+                image=source,
+                strength=denoise,
+                num_inference_steps=recipe.steps,
+                guidance_scale=recipe.guidance,
+                generator=generator,
+            ).images[0]
         return result.resize(tuple(recipe.size), Image.Resampling.LANCZOS)
+
+    # -- edit-friendly DDPM inversion ---------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, image: Image.Image) -> torch.Tensor:
+        """The photo's latents (posterior mean, scaled as the UNet expects)."""
+        vae = self.pipe.vae
+        pixels = self.pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
+        return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        vae = self.pipe.vae
+        pixels = vae.decode(latents / vae.config.scaling_factor).sample
+        return self.pipe.image_processor.postprocess(pixels, output_type="pil")[0]
+
+    def autoencode(self, image: Image.Image) -> Image.Image:
+        """``image`` through the autoencoder alone: the most of a photo any method here can keep."""
+        return self.decode(self.encode(image))
+
+    @torch.no_grad()
+    def _noise_prediction(self, latents, t: int, prompt: str, negative: str, guidance: float) -> torch.Tensor:
+        positive, negative_embeds = self.pipe.encode_prompt(prompt, latents.device, 1, guidance > 1, negative or None)
+        if guidance <= 1:
+            return self.pipe.unet(latents, t, encoder_hidden_states=positive).sample
+        both = self.pipe.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([negative_embeds, positive])).sample
+        unconditional, conditional = both.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
+
+    def _posterior_mean(self, latents, t: int, t_prev: int, noise) -> torch.Tensor:
+        """Mean of the DDPM step from ``t`` to ``t_prev`` (-1: the clean image) given the predicted noise."""
+        alphas = self.ddpm.alphas_cumprod.to(latents.device)
+        a, a_prev = alphas[t], (alphas[t_prev] if t_prev >= 0 else torch.ones((), device=latents.device))
+        x0 = (latents - (1 - a).sqrt() * noise) / a.sqrt()
+        return (a_prev.sqrt() * (1 - a / a_prev) * x0 + (a / a_prev).sqrt() * (1 - a_prev) * latents) / (1 - a)
+
+    def _inversion(self, recipe: Recipe, generator: torch.Generator) -> Image.Image:
+        """Record, with the base model, the noise that leads each DDPM step back to the photo; replay it with the style on.
+
+        With style strength 0 the replay returns the photo's latents exactly, so the result
+        is the autoencoder's reconstruction; the style changes only what the adapter changes.
+        """
+        if "text_encoder_2" in self.pipe.components:
+            raise ValueError("method 'inversion' supports Stable Diffusion 1.x / 2.x pipelines; use method='img2img' with SDXL")
+        self.ddpm.set_timesteps(recipe.steps)
+        timesteps = self.ddpm.timesteps.tolist()[-int(recipe.steps * (1.0 - recipe.content_strength)) :]
+        steps = list(zip(timesteps, timesteps[1:] + [-1]))
+        photo = self.encode(recipe.source)
+        alphas = self.ddpm.alphas_cumprod
+        noisy = {
+            t: alphas[t].sqrt() * photo + (1 - alphas[t]).sqrt() * torch.randn(photo.shape, generator=generator).to(photo)
+            for t in timesteps
+        }
+        noisy[-1] = photo
+        prompt = (recipe.full_prompt, recipe.negative_prompt, recipe.guidance)
+        self.activate({}, 0.0)
+        residuals = [noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._noise_prediction(noisy[t], t, *prompt)) for t, t_prev in steps]
+        self.activate(recipe.styles, recipe.style_strength)
+        latents = noisy[timesteps[0]]
+        for (t, t_prev), residual in zip(steps, residuals):
+            latents = self._posterior_mean(latents, t, t_prev, self._noise_prediction(latents, t, *prompt)) + residual
+        return self.decode(latents)
 
     def stylize_folder(self, source: Path, target: Path, style, **settings) -> list[Path]:
         """Stylize every image in ``source`` into ``target`` (PNG with recipe), with a progress bar."""

@@ -41,8 +41,8 @@ def test_content_strength_one_returns_the_photo(stylizer, photo):
 
 
 def test_style_strength_zero_is_the_base_model(stylizer, photo):
-    off, recipe = stylizer.stylize(photo, "anime", style_strength=0.0, seed=2)
-    on, _ = stylizer.stylize(photo, "anime", style_strength=1.0, seed=2)
+    off, recipe = stylizer.stylize(photo, "anime", style_strength=0.0, seed=2, method="img2img")
+    on, _ = stylizer.stylize(photo, "anime", style_strength=1.0, seed=2, method="img2img")
     base = load_pipeline("tiny")
     expected = base(
         prompt=recipe.full_prompt,
@@ -54,6 +54,30 @@ def test_style_strength_zero_is_the_base_model(stylizer, photo):
     ).images[0]
     np.testing.assert_array_equal(_array(off), _array(expected.resize(photo.size, Image.Resampling.LANCZOS)))
     assert np.abs(_array(on) - _array(off)).mean() > 1e-3
+
+
+def test_inversion_with_the_adapter_off_returns_the_autoencoders_copy(stylizer, photo):
+    off, recipe = stylizer.stylize(photo, "anime", style_strength=0.0, content_strength=0.2, seed=4, method="inversion")
+    assert recipe.method == "inversion" and "Stylize method: inversion" in recipe.parameters()
+    copy = stylizer.autoencode(recipe.source).resize(photo.size, Image.Resampling.LANCZOS)
+    assert np.abs(_array(off) - _array(copy)).max() <= 2 / 255
+    on, _ = stylizer.stylize(photo, "anime", style_strength=1.0, content_strength=0.2, seed=4, method="inversion")
+    assert np.abs(_array(on) - _array(off)).mean() > 1e-3
+
+
+def test_inversion_keeps_more_of_the_photo_than_img2img(stylizer):
+    from stylekit.data import center_square
+    from stylekit.metrics import ssim
+
+    for p in load_photos(split="held_out"):
+        photo = center_square(p.image, 64)
+        kept = {m: ssim(photo, stylizer.stylize(photo, "anime", content_strength=0.3, method=m)[0]) for m in ("img2img", "inversion")}
+        assert kept["inversion"] > kept["img2img"] + 0.1, kept
+
+
+def test_unknown_method_is_a_clear_error(stylizer, photo):
+    with pytest.raises(ValueError, match="unknown stylize method 'magic'"):
+        stylizer.stylize(photo, "anime", method="magic")
 
 
 def test_blending_two_styles(stylizer, photo):
@@ -83,9 +107,10 @@ def test_unknown_style_is_a_clear_error(stylizer, photo):
         stylizer.stylize(photo, "cubism")
 
 
-def test_recipe_in_png_reproduces_pixel_identical(stylizer, photo, tmp_path):
+@pytest.mark.parametrize("method", ["img2img", "inversion"])
+def test_recipe_in_png_reproduces_pixel_identical(stylizer, photo, tmp_path, method):
     image, recipe = stylizer.stylize(
-        photo, {"anime": 0.6, "watercolor": 0.4}, style_strength=0.9, content_strength=0.4, seed=7, prompt="a cup of coffee"
+        photo, {"anime": 0.6, "watercolor": 0.4}, style_strength=0.9, content_strength=0.4, seed=7, prompt="a cup of coffee", method=method
     )
     path = save_with_recipe(image, recipe, tmp_path / "out.png")
     with Image.open(path) as saved:
@@ -94,6 +119,7 @@ def test_recipe_in_png_reproduces_pixel_identical(stylizer, photo, tmp_path):
     assert "Steps: 20" in parameters and "Seed: 7" in parameters and "Denoising strength: 0.6" in parameters
     stored = read_recipe(path)
     assert stored.seed == 7 and stored.styles == {"anime": 0.6, "watercolor": 0.4} and stored.source.size == recipe.work_size
+    assert stored.method == method
     again = reproduce(path, tmp_path / "again.png", stylizer=stylizer)
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(path)))
 
