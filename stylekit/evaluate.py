@@ -408,13 +408,6 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
     systems = find_systems(config, loras)
     stylizers = {folder: Stylizer(config.profile, styles_dir=folder) for folder in dict.fromkeys(s.styles_dir for s in systems)}
     scores, sweeps, images = [], [], {}
-    any_stylizer = next(iter(stylizers.values()))
-    for style in config.styles:
-        for name, photo in photos.items():
-            for kind, image in reference_images(any_stylizer, photo, targets[style][name]).items():
-                images[(f"{style}/{kind}", name)] = image
-                scored = score(photo, image, style, reference, targets[style][name])
-                scores.append({"system": f"{style}/{kind}", "style": style, "kind": kind, "photo": name, **scored})
     for system in tqdm(systems, desc="evaluating", disable=not progress):
         stylizer = stylizers[system.styles_dir]
         strength = 0.0 if system.kind == "base" else 1.0
@@ -427,6 +420,13 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
             scores.append({"system": system.name, "style": system.style, "kind": system.kind, "photo": name, **scored})
         if system.kind != "base":
             sweeps += _sweeps(config, stylizer, system, photos, targets[system.style], reference)
+    any_stylizer = next(iter(stylizers.values()))
+    for style in config.styles:
+        for name, photo in photos.items():
+            for kind, image in reference_images(any_stylizer, photo, targets[style][name]).items():
+                images[(f"{style}/{kind}", name)] = image
+                scored = score(photo, image, style, reference, targets[style][name])
+                scores.append({"system": f"{style}/{kind}", "style": style, "kind": kind, "photo": name, **scored})
     judge = judge_check(reference.classifier, list(photos.values()), config.styles)
     text = {style: txt2img_judge(stylizers[loras[style].parent], style, reference, config.seed) for style in config.styles}
     return Evaluation(

@@ -41,11 +41,20 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
         EvalConfig(styles=("anime", "3d"), kinds=False, style_strengths=(0.0, 1.0), content_strengths=(0.4, 0.8)), progress=False
     )
     systems = [r["system"] for r in evaluation.summary()]
-    assert systems == ["anime/base", "anime/lora", "3d/base", "3d/lora"]
+    references = [f"{style}/{kind}" for style in ("anime", "3d") for kind in ("photo", "blurred", "autoencoder", "target")]
+    assert systems == ["anime/base", "anime/lora", "3d/base", "3d/lora", *references]
     assert len(evaluation.verdicts()) == 2 and all("base model" in line for line in evaluation.verdicts())
+    rows = {r["system"]: r for r in evaluation.summary()}
+    assert rows["anime/target"]["target_gain"] == pytest.approx(1.0) and rows["anime/photo"]["target_gain"] == pytest.approx(0.0)
+    assert rows["anime/photo"]["ssim"] == pytest.approx(1.0) and rows["3d/blurred"]["target_gain"] < rows["3d/target"]["target_gain"]
+    bar = {r["style"]: r for r in evaluation.bar()}
+    assert set(bar) == {"anime", "3d"} and all(isinstance(r["meets"], bool) for r in bar.values())
+    assert bar["anime"]["judge"] == pytest.approx(rows["anime/lora"]["style_probability"])
+    assert {r["style"] for r in evaluation.judge} == {"anime", "3d"} and set(evaluation.txt2img) == {"anime", "3d"}
     report = evaluation.write_report(tmp_path / "reports")
     text = report.read_text()
     assert "| anime/lora |" in text and "random-filters" in text and "lpips: unavailable" in text
+    assert evaluation.bar_sentence() in text and "| anime/autoencoder |" in text and "judge on the exact target" in text
     assert evaluation.unbeaten_sentence() in text
     for name in ("evaluation_scores.csv", "evaluation_sweeps.csv", "evaluation_sweeps.png", "evaluation_tradeoff.png", "evaluation_3d.png"):
         assert (report.parent / name).exists(), name

@@ -206,3 +206,22 @@ def test_local_clip_and_dino_weights_are_used(tmp_path, monkeypatch, photo):
     assert metrics.content_scores(photo, photo.rotate(90))["dino"] < 1.0
     style = metrics.style_scores(photo, "anime", [photo])
     assert -1.0 <= style["clip"] <= 1.0
+
+
+def test_target_gain_is_zero_for_the_photo_one_for_the_target_and_low_for_a_blur(held_out):
+    from PIL import ImageFilter
+
+    net = metrics.feature_net("random-filters")
+    for photo in held_out:
+        for style in STYLES:
+            target = apply_style(style, photo)
+            assert metrics.target_gain(net, photo, target, photo) == pytest.approx(0.0, abs=1e-6)
+            assert metrics.target_gain(net, target, target, photo) == pytest.approx(1.0, abs=1e-6)
+            assert metrics.target_gain(net, photo.filter(ImageFilter.GaussianBlur(0.7)), target, photo) < 0.25
+
+
+def test_judge_check_flags_what_the_judge_can_and_cannot_tell(reference, held_out):
+    rows = {r["style"]: r for r in metrics.judge_check(reference.classifier, held_out, list(STYLES))}
+    assert rows["pencil_sketch"]["valid"] and rows["pencil_sketch"]["on_target"] > 0.9 and rows["pencil_sketch"]["on_photo"] < 0.05
+    for row in rows.values():
+        assert row["valid"] == (row["on_target"] >= metrics.JUDGE_ON_TARGET and row["on_photo"] <= metrics.JUDGE_ON_PHOTO)
