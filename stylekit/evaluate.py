@@ -199,6 +199,21 @@ class Evaluation:
         rows = [[photo, self.targets[style][name], *[self.images[(s, name)] for s in systems]] for name, photo in self.photos.items()]
         return image_grid(rows, row_labels=list(self.photos), col_labels=["photo", "target", *[s.split("/")[1] for s in systems]])
 
+    def overview(self):
+        """One row per style: for each held-out photo, the photo, the exact target and the style's adapter at the defaults."""
+        adapters = {r["style"]: r["system"] for r in self.summary() if r["beats_baseline"] is not None and r["kind"] in ("lora", "dora")}
+        styles = [style for style in self.config.styles if style in adapters]
+        rows = [
+            [
+                image
+                for name in self.photos
+                for image in (self.photos[name], self.targets[style][name], self.images[(adapters[style], name)])
+            ]
+            for style in styles
+        ]
+        columns = [label for name in self.photos for label in (name, "exact target", "stylekit")]
+        return image_grid(rows, row_labels=styles, col_labels=columns)
+
     def study_items(self, kinds: tuple[str, ...] = ("base", "lora")) -> list[tuple[str, str, dict[str, Image.Image]]]:
         """(photo, style, {kind: image}) for a user study (see :func:`stylekit.study.make_study`), from the images made here."""
         items = []
@@ -218,7 +233,11 @@ class Evaluation:
         write_csv(folder / "evaluation_scores.csv", self.scores)
         write_csv(folder / "evaluation_sweeps.csv", self.sweeps)
         (folder / "evaluation_config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        figures = {"evaluation_sweeps.png": self.sweep_charts(), "evaluation_tradeoff.png": self.tradeoff_chart()}
+        figures = {
+            "evaluation_overview.png": self.overview(),
+            "evaluation_sweeps.png": self.sweep_charts(),
+            "evaluation_tradeoff.png": self.tradeoff_chart(),
+        }
         figures.update({f"evaluation_{style}.png": self.grid(style) for style in self.config.styles})
         for name, fig in figures.items():
             fig.savefig(folder / name, dpi=72)
@@ -429,9 +448,7 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
                 scores.append({"system": f"{style}/{kind}", "style": style, "kind": kind, "photo": name, **scored})
     judge = judge_check(reference.classifier, list(photos.values()), config.styles)
     text = {style: txt2img_judge(stylizers[loras[style].parent], style, reference, config.seed) for style in config.styles}
-    return Evaluation(
-        config, scores, sweeps, images, photos, targets, reference.classifier.held_out_accuracy, availability(), judge, text
-    )
+    return Evaluation(config, scores, sweeps, images, photos, targets, reference.classifier.held_out_accuracy, availability(), judge, text)
 
 
 def reference_images(stylizer: Stylizer, photo: Image.Image, target: Image.Image) -> dict[str, Image.Image]:

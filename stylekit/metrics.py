@@ -548,7 +548,14 @@ def judge_check(classifier: StyleClassifier, photos: Sequence[Image.Image], styl
     for style in styles:
         on_target = float(np.mean([classifier.probability(apply_style(style, photo), style) for photo in photos]))
         on_photo = float(np.mean([classifier.probability(photo, style) for photo in photos]))
-        rows.append({"style": style, "on_target": on_target, "on_photo": on_photo, "valid": on_target >= JUDGE_ON_TARGET and on_photo <= JUDGE_ON_PHOTO})
+        rows.append(
+            {
+                "style": style,
+                "on_target": on_target,
+                "on_photo": on_photo,
+                "valid": on_target >= JUDGE_ON_TARGET and on_photo <= JUDGE_ON_PHOTO,
+            }
+        )
     return rows
 
 

@@ -209,7 +209,9 @@ class Stylizer:
             size=image.size,
             work_size=work,
             adapter_hashes={name: _adapter_hash(self.styles[name]) for name in styles if name in self.styles},
-            sampler="DDPM (edit-friendly inversion)" if method == "inversion" else SAMPLER_NAMES.get(type(self.pipe.scheduler).__name__, type(self.pipe.scheduler).__name__),
+            sampler="DDPM (edit-friendly inversion)"
+            if method == "inversion"
+            else SAMPLER_NAMES.get(type(self.pipe.scheduler).__name__, type(self.pipe.scheduler).__name__),
             method=method,
         )
         recipe.source = image.resize(work, Image.Resampling.LANCZOS)
@@ -294,7 +296,9 @@ class Stylizer:
         noisy[-1] = photo
         prompt = (recipe.full_prompt, recipe.negative_prompt, recipe.guidance)
         self.activate({}, 0.0)
-        residuals = [noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._noise_prediction(noisy[t], t, *prompt)) for t, t_prev in steps]
+        residuals = [
+            noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._noise_prediction(noisy[t], t, *prompt)) for t, t_prev in steps
+        ]
         self.activate(recipe.styles, recipe.style_strength)
         latents = noisy[timesteps[0]]
         for (t, t_prev), residual in zip(steps, residuals):
