@@ -2,8 +2,8 @@
 
     python benchmarks/stylize_speed.py
 
-On the tiny profile (CPU): seconds per image at the profile's defaults, and
-the time a style switch adds (target: under 10 % of one stylization; adapters
+On the tiny profile (CPU): seconds per image at the profile's defaults, for
+each stylize method (target: at most 1 s on a 2-core CPU), and the time a style switch adds (target: under 10 % of one stylization; adapters
 are loaded once, so switching is only ``set_adapters``). Trains the two demo
 styles it needs if they are missing. With a CUDA GPU it also measures the SD
 1.5 UNet architecture at 512 px (random weights): UNet steps per second in
@@ -33,7 +33,7 @@ def _median_seconds(function, repeats: int) -> float:
 
 def tiny_figures(repeats: int = 15) -> dict:
     from stylekit.data import load_photos
-    from stylekit.stylize import Stylizer
+    from stylekit.stylize import METHODS, Stylizer
     from stylekit.train import ensure_trained
 
     ensure_trained(["anime", "watercolor"], "tiny")
@@ -42,12 +42,13 @@ def tiny_figures(repeats: int = 15) -> dict:
     for style in ("anime", "watercolor"):  # first use loads each adapter once
         stylizer.stylize(photo, style)
     same = _median_seconds(lambda: stylizer.stylize(photo, "anime"), repeats)
+    per_method = {m: _median_seconds(lambda m=m: stylizer.stylize(photo, "anime", method=m), repeats) for m in METHODS}
     styles = iter(["watercolor", "anime"] * repeats)
     switching = _median_seconds(lambda: stylizer.stylize(photo, next(styles)), repeats)
     switch_only = (
         _median_seconds(lambda: (stylizer.activate({"watercolor": 1.0}, 1.0), stylizer.activate({"anime": 1.0}, 1.0)), repeats) / 2
     )
-    return {"seconds_per_image": same, "seconds_per_image_switching": switching, "switch_seconds": switch_only}
+    return {"seconds_per_image": same, "per_method": per_method, "seconds_per_image_switching": switching, "switch_seconds": switch_only}
 
 
 def sd15_unet_steps_per_second(compiled: bool, fused: bool, steps: int = 30) -> float:
@@ -76,14 +77,19 @@ def sd15_unet_steps_per_second(compiled: bool, fused: bool, steps: int = 30) -> 
 
 
 def main() -> None:
+    from stylekit.profiles import PROFILES
+
     figures = tiny_figures()
     share = figures["switch_seconds"] / figures["seconds_per_image"]
+    defaults = PROFILES["tiny"].inference
     lines = [
         f"### Stylization speed, tiny profile ({date.today()}, {machine()})",
         "",
         "| measure | value |",
         "| --- | --- |",
-        f"| seconds per image (tiny defaults: 20 steps, content 0.6, guidance 3) | {figures['seconds_per_image']:.3f} |",
+        f"| seconds per image (tiny defaults: method {defaults.method}, {defaults.steps} steps, content {defaults.content_strength:g}, "
+        f"guidance {defaults.guidance:g}) | {figures['seconds_per_image']:.3f} |",
+        *[f"| seconds per image, method {method} | {seconds:.3f} |" for method, seconds in figures["per_method"].items()],
         f"| seconds per image, alternating two styles | {figures['seconds_per_image_switching']:.3f} |",
         f"| style switch alone (`set_adapters`) | {figures['switch_seconds'] * 1000:.1f} ms = {share:.1%} of one stylization |",
         "",

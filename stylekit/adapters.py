@@ -56,7 +56,9 @@ __all__ = [
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out")
+# the UNet's first and last convolutions too: without them an adapter cannot move the predicted image far (a
+# norm sits before conv_out), which a style that repaints a photo (pencil on white paper) needs
+CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out", "conv_in", "conv_out")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 PEFT_KINDS = ("lora", "dora")
 LYCORIS_ALGOS = {"locon": "locon", "loha": "loha", "lokr": "lokr", "oft": "diag-oft", "boft": "boft"}  # stylekit kind -> lycoris algo
@@ -92,7 +94,7 @@ class AdapterSpec:
         alpha: the update is scaled by ``alpha / rank`` (low-rank kinds).
         factor: LoKr's Kronecker factor (``-1``: as balanced as the layer allows).
         target_modules: UNet layer names to adapt (default: attention projections).
-        conv: also adapt the UNet's ResNet convolutions and attention in/out projections.
+        conv: also adapt the UNet's ResNet convolutions, attention in/out projections and its first and last convolutions.
         text_encoder: also adapt the text encoder's attention projections (LoRA and DoRA only).
     """
 
@@ -128,7 +130,7 @@ class AdapterSpec:
         included; naming the layers keeps every kind on the same targets as LoRA.
         """
         names = "|".join(re.escape(t) for t in self.unet_targets())
-        return {**EMPTY_PRESET, "target_name": [rf".*\.({names})$"], "enable_conv": True, "lora_prefix": LYCORIS_PREFIX}
+        return {**EMPTY_PRESET, "target_name": [rf"(.*\.)?({names})$"], "enable_conv": True, "lora_prefix": LYCORIS_PREFIX}
 
     def unet_config(self) -> LoraConfig:
         targets = self.unet_targets()
@@ -187,6 +189,7 @@ LAYER_GROUPS = (
     ("time embedding", r"(time_emb_proj|time_embedding)"),
     ("norms", r"norm"),
     ("up/down-sampling convs", r"(upsamplers|downsamplers)"),
+    ("first and last convs", r"^(conv_in|conv_out)$"),
 )
 
 

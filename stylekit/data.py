@@ -176,6 +176,7 @@ class Sample:
     width: int
     height: int
     content_hash: str
+    source: Path | None = None  # the unstyled photo this image was made from, when the dataset has pairs
 
 
 @dataclass
@@ -236,12 +237,13 @@ def report_table(reports: dict[str, DatasetReport]) -> Table:
     return Table(columns, rows)
 
 
-def _read_metadata(folder: Path, report: DatasetReport) -> dict[str, str]:
-    """Captions from ``metadata.jsonl``, reporting malformed lines and bad references."""
+def _read_metadata(folder: Path, report: DatasetReport) -> tuple[dict[str, str], dict[str, Path]]:
+    """Captions and source photos (an optional ``"source"`` key) from ``metadata.jsonl``, reporting malformed lines and bad references."""
     captions: dict[str, str] = {}
+    sources: dict[str, Path] = {}
     metadata = folder / METADATA
     if not metadata.exists():
-        return captions
+        return captions, sources
     root = folder.resolve()
     for number, line in enumerate(metadata.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -261,8 +263,25 @@ def _read_metadata(folder: Path, report: DatasetReport) -> dict[str, str]:
         elif not target.is_file():
             report.problems.append(Problem(where, f"file_name {entry['file_name']!r} does not exist"))
         else:
-            captions[target.relative_to(root).as_posix()] = entry["text"]
-    return captions
+            name = target.relative_to(root).as_posix()
+            captions[name] = entry["text"]
+            source = _source_of(folder, entry, where, report)
+            if source is not None:
+                sources[name] = source
+    return captions, sources
+
+
+def _source_of(folder: Path, entry: dict, where: str, report: DatasetReport) -> Path | None:
+    """The entry's ``"source"`` photo (the unstyled original of a pair), checked; ``None`` when it has none or it is unusable."""
+    if "source" not in entry:
+        return None
+    source = (folder / str(entry["source"])).resolve()
+    if not source.is_relative_to(folder.resolve()) or not source.is_file():
+        report.problems.append(
+            Problem(where, f"source {entry['source']!r} is not a file inside the dataset folder; trained without it", skipped=False)
+        )
+        return None
+    return source
 
 
 def _content_hash(image: Image.Image) -> str:
@@ -278,9 +297,10 @@ def check_dataset(folder: str | Path, min_size: int = 64) -> DatasetReport:
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
     report = DatasetReport(folder=folder)
-    captions = _read_metadata(folder, report)
+    captions, sources = _read_metadata(folder, report)
     seen: dict[str, str] = {}
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    originals = set(sources.values())  # source photos of pairs are inputs, not training images
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.resolve() not in originals)
     for path in files:
         name = path.relative_to(folder).as_posix()
         suffix = path.suffix.lower()
@@ -305,7 +325,7 @@ def check_dataset(folder: str | Path, min_size: int = 64) -> DatasetReport:
             continue
         seen[digest] = name
         caption = _caption_for(path, name, captions, report)
-        report.samples.append(Sample(path, caption, image.width, image.height, digest))
+        report.samples.append(Sample(path, caption, image.width, image.height, digest, sources.get(name)))
     return report
 
 
@@ -364,6 +384,12 @@ class PreparedDataset(torch.utils.data.Dataset):
     seed: int = 0
     epoch: int = 0
     names: list[str] = field(default_factory=list)
+    sources: list[Image.Image | None] = field(default_factory=list)  # per image, its unstyled photo (paired datasets)
+
+    @property
+    def paired(self) -> bool:
+        """Whether every image comes with the photo it was made from."""
+        return bool(self.sources) and all(source is not None for source in self.sources)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -423,15 +449,31 @@ def prepare_dataset(
         raise ValueError(f"{report.folder}: no usable image\n{report}")
     sizes = bucket_sizes(resolution) if buckets else [(resolution, resolution)]
     rng = random.Random(seed)
-    images, captions, names = [], [], []
+    images, captions, names, sources = [], [], [], []
     for sample in report.samples:
         image = open_image(sample.path)
         aspect = image.width / image.height
         width, height = min(sizes, key=lambda s: abs(np.log(s[0] / s[1]) - np.log(aspect)))
+        window = rng.getstate()  # the source photo gets the same window as its styled image
         images.append(_fit(image, width, height, crop, rng))
+        sources.append(_fit_source(sample, image.size, width, height, crop, window))
         captions.append(sample.caption or "")
         names.append(sample.path.relative_to(report.folder).as_posix())
-    return PreparedDataset(images, captions, trigger, caption_dropout, shuffle_tags, seed, names=names)
+    return PreparedDataset(images, captions, trigger, caption_dropout, shuffle_tags, seed, names=names, sources=sources)
+
+
+def _fit_source(sample: Sample, size: tuple[int, int], width: int, height: int, crop: str, window) -> Image.Image | None:
+    """A sample's source photo cropped exactly as the sample was; it must have the sample's size."""
+    if sample.source is None:
+        return None
+    source = open_image(sample.source)
+    if source.size != size:
+        raise ValueError(
+            f"{sample.source}: the source photo of {sample.path.name} is {source.size}, not {size} like the image it pairs with"
+        )
+    rng = random.Random()
+    rng.setstate(window)
+    return _fit(source, width, height, crop, rng)
 
 
 # ---------------------------------------------------------------------------
@@ -468,11 +510,13 @@ def demo_content(count: int, resolution: int, seed: int = 0, photo_share: float 
 
 
 def build_demo_sets(
-    out_dir: str | Path, styles: list[str] | None = None, count: int = 32, resolution: int = 64, seed: int = 0
+    out_dir: str | Path, styles: list[str] | None = None, count: int = 48, resolution: int = 64, seed: int = 0
 ) -> dict[str, Path]:
     """One style dataset per demo style: the style filter applied to the same content images.
 
-    Held-out photos are never used. Captions read ``"<trigger> style, <content caption>"``.
+    Each styled image is paired with the image it was made from (``sources/``, named by
+    the ``"source"`` key of ``metadata.jsonl``), so an adapter can learn the change from
+    photo to style. Held-out photos are never used. Captions read ``"<trigger> style, <content caption>"``.
     The same arguments give byte-identical files. Returns the folder of each style.
     """
     out_dir = Path(out_dir)
@@ -483,10 +527,13 @@ def build_demo_sets(
         folder = out_dir / style
         folder.mkdir(parents=True, exist_ok=True)
         lines = []
+        (folder / "sources").mkdir(exist_ok=True)
         for index, (image, caption) in enumerate(content):
             name = f"{index:03d}.png"
             synth.apply_style(style, image).save(folder / name)
-            lines.append(json.dumps({"file_name": name, "text": f"{trigger_word(style)} style, {caption}"}))
+            image.save(folder / "sources" / name)
+            entry = {"file_name": name, "text": f"{trigger_word(style)} style, {caption}", "source": f"sources/{name}"}
+            lines.append(json.dumps(entry))
         (folder / METADATA).write_text("\n".join(lines) + "\n")
         folders[style] = folder
     return folders

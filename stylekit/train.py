@@ -67,6 +67,8 @@ class TrainConfig:
         min_snr_gamma: min-SNR loss weighting (Hang et al. 2023); ``None`` turns it off.
         noise_offset: adds per-channel offset noise (helps very dark / bright styles).
         flip: also train on mirror images. caption_dropout: share of steps with the trigger only.
+        paired: when the dataset pairs each styled image with its source photo (the demo sets do),
+            learn the change from photo to style: the noisy input is made from the photo, the target is the styled image.
         trigger: the word that calls the style in prompts (default: from ``name``).
         checkpoint_every, validation_every: steps between checkpoints / validation images (0: only at the end).
     """
@@ -85,13 +87,14 @@ class TrainConfig:
     rank: int | None = None
     alpha: float | None = None
     factor: int = -1
-    conv: bool = False
+    conv: bool | None = None
     text_encoder_lora: bool = False
     mixed_precision: str | None = None
     gradient_checkpointing: bool | None = None
     min_snr_gamma: float | None = 5.0
     noise_offset: float = 0.0
     flip: bool = True
+    paired: bool = True
     caption_dropout: float = 0.0
     trigger: str | None = None
     seed: int = 0
@@ -116,6 +119,7 @@ class TrainConfig:
                 "learning_rate",
                 "rank",
                 "alpha",
+                "conv",
                 "mixed_precision",
                 "gradient_checkpointing",
             )
@@ -162,9 +166,9 @@ def _fingerprint(*modules) -> str:
 
 
 def cache_key(pipe, dataset: PreparedDataset, captions: list[str], flip: bool) -> str:
-    """Changes whenever the model, the image content and sizes, the captions or the flip setting change."""
+    """Changes whenever the model, the image content and sizes (source photos included), the captions or the flip setting change."""
     digest = hashlib.sha256(_fingerprint(pipe.vae, pipe.text_encoder).encode())
-    for image in dataset.images:
+    for image in dataset.images + [source for source in dataset.sources if source is not None]:
         digest.update(f"{image.size}".encode())
         digest.update(hashlib.sha256(image.tobytes()).digest())
     digest.update(json.dumps(captions).encode())
@@ -172,18 +176,26 @@ def cache_key(pipe, dataset: PreparedDataset, captions: list[str], flip: bool) -
     return digest.hexdigest()[:20]
 
 
+def _pixels(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
 @torch.no_grad()
 def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch.Tensor]:
-    """Scaled posterior means of every image (and its mirror image)."""
+    """Scaled posterior means of every image (and its mirror image), and of its source photo in a paired dataset."""
     latents = {}
     vae = pipe.vae
     for index in tqdm(range(len(dataset)), desc="caching latents", leave=False):
-        pixels = dataset[index]["pixels"][None].to(vae.device, vae.dtype)
-        variants = [pixels, pixels.flip(-1)] if flip else [pixels]
-        encoded = vae.encode(torch.cat(variants)).latent_dist.mean * vae.config.scaling_factor
-        latents[f"latent.{index}"] = encoded[0].float().cpu()
-        if flip:
-            latents[f"latent_flip.{index}"] = encoded[1].float().cpu()
+        images = {"latent": dataset.images[index]}
+        if dataset.sources and dataset.sources[index] is not None:
+            images["source"] = dataset.sources[index]
+        for kind, image in images.items():
+            pixels = _pixels(image).to(vae.device, vae.dtype)
+            variants = [pixels, pixels.flip(-1)] if flip else [pixels]
+            encoded = vae.encode(torch.cat(variants)).latent_dist.mean * vae.config.scaling_factor
+            latents[f"{kind}.{index}"] = encoded[0].float().cpu()
+            if flip:
+                latents[f"{kind}_flip.{index}"] = encoded[1].float().cpu()
     return latents
 
 
@@ -235,6 +247,17 @@ def _global_batch(buckets: dict[tuple[int, int], list[int]], batch: int, flip: b
     return picks, mirrored
 
 
+def _noise_target(scheduler: DDPMScheduler, noisy, x0, noise, timesteps) -> torch.Tensor:
+    """The noise that, predicted at ``noisy``, makes the denoised estimate exactly ``x0``.
+
+    For ordinary training ``noisy`` was made from ``x0`` and this is ``noise`` itself. For
+    pairs, ``noisy`` was made from the photo and ``x0`` is the styled image: the adapter
+    learns to turn a noisy photo into the style, which is what stylizing a photo asks of it.
+    """
+    alphas = scheduler.alphas_cumprod.to(noisy.device)[timesteps].view(-1, 1, 1, 1)
+    return (noisy - alphas.sqrt() * x0) / (1 - alphas).sqrt()
+
+
 def _snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
     if gamma is None:
         return torch.ones(len(timesteps))
@@ -249,6 +272,8 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
     global_batch = cfg.batch_size * accelerator.num_processes
     picks, mirrored = _global_batch(buckets, global_batch, cfg.flip, generator)
     x0 = torch.stack([latents[f"latent_flip.{i}" if m else f"latent.{i}"] for i, m in zip(picks, mirrored.tolist())])
+    paired = cfg.paired and f"source.{picks[0]}" in latents
+    start = torch.stack([latents[f"source_flip.{i}" if m else f"source.{i}"] for i, m in zip(picks, mirrored.tolist())]) if paired else x0
     noise = torch.randn(x0.shape, generator=generator)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=generator)
@@ -256,7 +281,8 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
     captions = [dataset.caption(i) for i in picks]
     share = slice(accelerator.process_index * cfg.batch_size, (accelerator.process_index + 1) * cfg.batch_size)
     device = accelerator.device
-    x0, noise, timesteps, captions = x0[share].to(device), noise[share].to(device), timesteps[share].to(device), captions[share]
+    x0, start, noise, timesteps = x0[share].to(device), start[share].to(device), noise[share].to(device), timesteps[share].to(device)
+    captions = captions[share]
     if cfg.text_encoder_lora:
         ids = tokenize(pipe.tokenizer, captions).to(device)
         states = pipe.text_encoder(ids).last_hidden_state
@@ -265,10 +291,12 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
         if missing:  # shuffled tags make new caption strings
             embeddings.update(zip(missing, encode_captions(pipe, missing)))
         states = torch.stack([embeddings[c] for c in captions]).to(device)
-    noisy = scheduler.add_noise(x0, noise, timesteps)
+    noisy = scheduler.add_noise(start, noise, timesteps)
     with accelerator.autocast():
         prediction = unet(noisy, timesteps, encoder_hidden_states=states).sample
-    per_item = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    per_item = F.mse_loss(prediction.float(), _noise_target(scheduler, noisy, x0, noise, timesteps).float(), reduction="none").mean(
+        dim=(1, 2, 3)
+    )
     return (per_item * _snr_weights(scheduler, timesteps.cpu(), cfg.min_snr_gamma).to(device)).mean()
 
 

@@ -195,3 +195,26 @@ def test_demo_sets_are_reproducible_and_valid(tmp_path):
         assert all(s.caption.startswith(f"{style.replace('_', ' ')} style, ") for s in report.samples)
     captions = [s.caption for s in check_dataset(first["anime"]).samples]
     assert not any("cat" in c or "coffee" in c for c in captions)  # held-out photos never used
+    assert sum("photo" in c for c in captions) == 9  # three quarters photo crops: users bring photos
+
+
+def test_demo_sets_pair_each_image_with_its_source_photo(tmp_path):
+    from stylekit.synth import apply_style
+
+    folder = build_demo_sets(tmp_path, styles=["pencil_sketch"], count=6)["pencil_sketch"]
+    report = check_dataset(folder)
+    assert len(report.samples) == 6 and all(s.source == (folder / "sources" / s.path.name).resolve() for s in report.samples)
+    dataset = prepare_dataset(report, resolution=48, crop="random", seed=3)  # resized and cropped: the pairs must stay aligned
+    assert dataset.paired
+    for image, source in zip(dataset.images, dataset.sources):
+        assert image.size == source.size == (48, 48)
+        expected = np.asarray(apply_style("pencil_sketch", source), dtype=np.float32)
+        assert np.abs(np.asarray(image, dtype=np.float32) - expected).mean() < 40  # same window of the same picture
+
+
+def test_a_missing_source_photo_is_reported_and_training_goes_on_unpaired(tmp_path):
+    folder = build_demo_sets(tmp_path, styles=["anime"], count=3)["anime"]
+    (folder / "sources" / "001.png").unlink()
+    report = check_dataset(folder)
+    assert any("source 'sources/001.png' is not a file" in p.reason and not p.skipped for p in report.problems)
+    assert len(report.samples) == 3 and not prepare_dataset(report, resolution=64).paired

@@ -65,14 +65,14 @@ def test_inversion_with_the_adapter_off_returns_the_autoencoders_copy(stylizer, 
     assert np.abs(_array(on) - _array(off)).mean() > 1e-3
 
 
-def test_inversion_keeps_more_of_the_photo_than_img2img(stylizer):
+def test_inversion_keeps_the_photo_where_img2img_redraws_it(stylizer):
     from stylekit.data import center_square
     from stylekit.metrics import ssim
 
-    for p in load_photos(split="held_out"):
+    for p in load_photos(split="held_out"):  # the base model alone (style 0): what each method keeps of a photo
         photo = center_square(p.image, 64)
-        kept = {m: ssim(photo, stylizer.stylize(photo, "anime", content_strength=0.3, method=m)[0]) for m in ("img2img", "inversion")}
-        assert kept["inversion"] > kept["img2img"] + 0.1, kept
+        kept = {m: ssim(photo, stylizer.stylize(photo, "anime", 0.0, content_strength=0.3, method=m)[0]) for m in ("img2img", "inversion")}
+        assert kept["inversion"] > kept["img2img"] + 0.2, kept
 
 
 def test_unknown_method_is_a_clear_error(stylizer, photo):

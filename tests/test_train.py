@@ -191,3 +191,25 @@ def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, t
     # DDP averages the two halves' gradients: the same update as one process on the whole batch, up to float32 summation order
     for key in one:
         np.testing.assert_allclose(one[key].numpy(), two[key].numpy(), atol=1e-4, err_msg=key)
+
+
+def test_pairs_teach_the_change_from_photo_to_style(anime_set, outputs):
+    from diffusers import DDPMScheduler
+
+    from stylekit.train import _noise_target
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    photo, styled, noise = torch.randn(3, 2, 4, 8, 8).unbind(0)
+    t = torch.tensor([10, 700])
+    noisy = scheduler.add_noise(photo, noise, t)
+    torch.testing.assert_close(_noise_target(scheduler, noisy, photo, noise, t), noise, atol=1e-4, rtol=1e-4)  # unpaired: plain noise
+    target = _noise_target(scheduler, noisy, styled, noise, t)
+    alphas = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close((noisy - (1 - alphas).sqrt() * target) / alphas.sqrt(), styled, atol=1e-4, rtol=1e-4)
+
+    dataset = prepare_dataset(anime_set, 64, trigger="anime")
+    latents, _, _ = load_or_build_cache(load_pipeline("tiny"), dataset, flip=True, cache_dir=outputs / "cache")
+    assert dataset.paired and {f"source.{i}" for i in range(len(dataset))} <= set(latents)
+    paired = train_adapter(TrainConfig(name="paired", dataset=str(anime_set), steps=3, learning_rate=5e-3), progress=False)
+    plain = train_adapter(TrainConfig(name="plain", dataset=str(anime_set), steps=3, learning_rate=5e-3, paired=False), progress=False)
+    assert paired.losses != plain.losses
