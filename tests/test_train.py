@@ -14,6 +14,7 @@ from stylekit.checkpoints import load_checkpoint
 from stylekit.cli import main
 from stylekit.data import build_demo_sets, prepare_dataset
 from stylekit.models import as_task, load_pipeline
+from stylekit.profiles import get_profile
 from stylekit.train import CHECKPOINT, TrainConfig, TrainingDiverged, load_or_build_cache, train_adapter
 
 
@@ -53,7 +54,8 @@ def test_both_files_load_back_with_identical_output(anime_set, outputs):
         keys, metadata = list(handle.keys()), handle.metadata()
     assert all(k.startswith("lora_unet_") for k in keys)
     assert {k.rsplit(".", 2)[-2] if k.endswith(".weight") else k.rsplit(".", 1)[-1] for k in keys} == {"lora_down", "lora_up", "alpha"}
-    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_module"] == "networks.lora"
+    rank = get_profile("tiny").train.rank
+    assert metadata["ss_network_dim"] == str(rank) and metadata["ss_network_module"] == "networks.lora"
     for name in ("config.json", "loss_curve.png", "losses.json", CHECKPOINT):
         assert (result.folder / name).exists()
 
