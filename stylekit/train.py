@@ -412,6 +412,7 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
         total=cfg.steps,
         desc=f"training {cfg.name}",
         disable=not (progress and accelerator.is_main_process),
+        mininterval=1.0,  # a notebook gets one widget update a second, not one a step (a flood drops the kernel's messages)
     )
     with MemoryMonitor() as memory:  # what training adds on top of the loaded model and data
         for step in bar:
@@ -433,7 +434,7 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
             done = step + 1
             if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 _save_training_state(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler, done, losses)
