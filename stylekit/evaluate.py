@@ -284,13 +284,14 @@ class Evaluation:
             adapter = next((r for r in rows.values() if r["style"] == style and r["beats_baseline"] is not None), None)
             if adapter is None:
                 continue
-            photo, blurred = rows[f"{style}/photo"], rows[f"{style}/blurred"]
+            photo, blurred, target = rows[f"{style}/photo"], rows[f"{style}/blurred"], rows[f"{style}/target"]
             off, on = self.txt2img.get(style, (float("nan"), float("nan")))
             row = {
                 "style": style,
                 "judge": adapter[STYLE_SCORE],
                 "judge_on_photo": photo[STYLE_SCORE],
                 "ssim": adapter[CONTENT_SCORE],
+                "target_ssim": target[CONTENT_SCORE],
                 "target_gain": adapter["target_gain"],
                 "blurred_gain": blurred["target_gain"],
                 "txt2img_gain": on - off,
@@ -312,7 +313,7 @@ class Evaluation:
                 r["style"],
                 f"{r['judge']:.2f}",
                 f"{r['judge_on_photo']:.2f}",
-                f"{r['ssim']:.2f}",
+                f"{r['ssim']:.2f} (target {r['target_ssim']:.2f})",
                 f"{r['target_gain']:.2f} (blur {r['blurred_gain']:.2f})",
                 f"{r['txt2img_gain']:+.2f}",
                 {True: "valid", False: "INVALID", None: "-"}[r["judge_valid"]],
@@ -325,7 +326,7 @@ class Evaluation:
                 "style",
                 f"judge (>= {BAR['judge']})",
                 f"judge on photo (<= {BAR['judge_on_photo']})",
-                f"content SSIM (>= {BAR['ssim']})",
+                f"content SSIM (>= {BAR['ssim']}; the exact target's)",
                 "target gain (> photo 0, > blur)",
                 f"text-to-image gain (>= {BAR['txt2img_gain']})",
                 "judge",
@@ -338,8 +339,16 @@ class Evaluation:
         rows = self.bar()
         met = [r["style"] for r in rows if r["meets"]]
         missed = [r["style"] for r in rows if not r["meets"]]
-        return f"{len(met)} of {len(rows)} styles meet the bar (the goal: at least 4 of 5)." + (
-            f" Not met: {', '.join(missed)}." if missed else ""
+        unreachable = [r["style"] for r in rows if r["target_ssim"] < BAR["ssim"]]
+        return (
+            f"{len(met)} of {len(rows)} styles meet the bar (the goal: at least 4 of 5)."
+            + (f" Not met: {', '.join(missed)}." if missed else "")
+            + (
+                f" The exact target itself keeps less than content SSIM {BAR['ssim']} for {', '.join(unreachable)}:"
+                " there a perfect stylization would miss the content bar."
+                if unreachable
+                else ""
+            )
         )
 
     def judge_table(self) -> Table:

@@ -51,6 +51,8 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
     bar = {r["style"]: r for r in evaluation.bar()}
     assert set(bar) == {"anime", "3d"} and all(isinstance(r["meets"], bool) for r in bar.values())
     assert bar["anime"]["judge"] == pytest.approx(rows["anime/lora"]["style_probability"])
+    assert bar["3d"]["target_ssim"] == pytest.approx(rows["3d/target"]["ssim"]) and bar["3d"]["target_ssim"] < 0.6
+    assert "a perfect stylization would miss the content bar" in evaluation.bar_sentence()
     assert {r["style"] for r in evaluation.judge} == {"anime", "3d"} and set(evaluation.txt2img) == {"anime", "3d"}
     report = evaluation.write_report(tmp_path / "reports")
     text = report.read_text()
