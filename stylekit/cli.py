@@ -55,6 +55,17 @@ def find_notebooks(names: list[str] | None = None, folder: Path = NOTEBOOKS_DIR)
     return found
 
 
+def _local_kernel_manager():
+    """A kernel manager that talks to its kernel over local IPC sockets, not TCP (the kernel then has nothing to warn about)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class LocalKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
+
+    return LocalKernelManager
+
+
 def run_notebooks(notebooks: list[Path], parameters: dict, run_dir: Path, kernel: str = "python3") -> list[Path]:
     """Execute ``notebooks`` in order with papermill; executed copies go to ``run_dir``.
 
@@ -70,7 +81,13 @@ def run_notebooks(notebooks: list[Path], parameters: dict, run_dir: Path, kernel
         print(f"[{number}/{len(notebooks)}] {notebook.name} -> {target}", flush=True)
         try:
             papermill.execute_notebook(
-                str(notebook), str(target), parameters=parameters, kernel_name=kernel, cwd=str(notebook.parent), progress_bar=True
+                str(notebook),
+                str(target),
+                parameters=parameters,
+                kernel_name=kernel,
+                cwd=str(notebook.parent),
+                progress_bar=True,
+                kernel_manager_class=_local_kernel_manager(),
             )
         except PapermillExecutionError as error:
             raise NotebookFailed(

@@ -39,6 +39,12 @@ def test_run_passes_parameters_and_writes_executed_copy(two_cell_notebook, tmp_p
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
 
 
+def test_run_prints_no_kernel_transport_warning(two_cell_notebook, tmp_path, capfd):
+    assert main(["run", str(two_cell_notebook), "-p", "out_file", str(tmp_path / "x.txt"), "-o", str(tmp_path / "run")]) == 0
+    printed = capfd.readouterr()
+    assert "WARNING" not in printed.err + printed.out and (tmp_path / "x.txt").read_text() == "hello"
+
+
 def test_run_reads_yaml_parameters(two_cell_notebook, tmp_path):
     out_file = tmp_path / "from_yaml.txt"
     params = tmp_path / "params.yaml"
