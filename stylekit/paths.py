@@ -1,25 +1,31 @@
 """Where stylekit finds its inputs and writes its outputs.
 
 In a clone of the repository everything lives beside the package: ``data/``,
-``notebooks/`` and ``outputs/``. ``STYLEKIT_OUTPUTS`` moves the outputs
+``notebooks/`` and ``outputs/``. An installed copy (``pip install <git address,
+folder or .zip>``, as the notebooks' setup cell does in Colab) finds the shipped
+photos where pip put them (``<prefix>/share/stylekit/data``) and writes to
+``outputs/`` in the working directory. ``STYLEKIT_OUTPUTS`` moves the outputs
 elsewhere (for example to a Google Drive folder in Colab).
 """
 
 from __future__ import annotations
 
 import os
+import sysconfig
 from pathlib import Path
 
 __all__ = ["DATA_DIR", "NOTEBOOKS_DIR", "PHOTOS_DIR", "REPO_ROOT", "outputs_dir"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT / "data"
+IN_CLONE = (REPO_ROOT / "pyproject.toml").is_file()  # False for a copy that pip installed into site-packages
+DATA_DIR = REPO_ROOT / "data" if IN_CLONE else Path(sysconfig.get_path("data")) / "share" / "stylekit" / "data"
 PHOTOS_DIR = DATA_DIR / "photos"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
 def outputs_dir() -> Path:
     """The folder every run writes to (created if needed)."""
-    path = Path(os.environ.get("STYLEKIT_OUTPUTS") or REPO_ROOT / "outputs")  # unset or empty: the repository's outputs/
+    default = REPO_ROOT / "outputs" if IN_CLONE else Path.cwd() / "outputs"
+    path = Path(os.environ.get("STYLEKIT_OUTPUTS") or default)  # unset or empty: the default
     path.mkdir(parents=True, exist_ok=True)
     return path

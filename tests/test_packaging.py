@@ -1,7 +1,16 @@
 import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
+import nbformat
 import yaml
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -33,3 +42,83 @@ def test_ci_runs_the_readme_test_command():
 def test_outputs_folder_is_kept_but_ignored():
     assert (ROOT / "outputs" / ".gitkeep").exists()
     assert "outputs/*" in (ROOT / ".gitignore").read_text()
+
+
+def _setup_cell(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text())["cells"]
+    return next("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def test_every_notebook_starts_with_the_same_setup_cell_and_asks_colab_for_a_gpu():
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    cells = {_setup_cell(nb) for nb in notebooks}
+    assert len(notebooks) == 5 and len(cells) == 1 and 'STYLEKIT_SOURCE = ""' in cells.pop()
+    assert all(json.loads(nb.read_text())["metadata"]["accelerator"] == "GPU" for nb in notebooks)
+    assert "github.com/stylekit" not in (ROOT / "README.md").read_text()
+
+
+def _fresh_environment(tmp_path: Path) -> Path:
+    """A new virtual environment that sees stylekit's dependencies (from this one, so nothing is downloaded) but not stylekit."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+        if not entry.name.lower().startswith(("stylekit", "__editable__", "_stylekit", "pip")):
+            (deps / entry.name).symlink_to(entry)
+    (site / "dependencies.pth").write_text(str(deps) + "\n")
+    return python
+
+
+def _copy_of_the_project(tmp_path: Path) -> Path:
+    copy = tmp_path / "stylekit-project"
+    for name in ("pyproject.toml", "README.md", "LICENSE", "stylekit", "data"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            copy.mkdir(exist_ok=True)
+            shutil.copy(source, copy / name)
+    return copy
+
+
+def test_setup_cell_installs_stylekit_into_the_running_kernel(tmp_path, monkeypatch):
+    # what a learner does in Colab: a kernel without stylekit, the setup cell given where the project is, then the course
+    python = _fresh_environment(tmp_path)
+    assert subprocess.run([str(python), "-c", "import stylekit"], cwd=tmp_path, capture_output=True).returncode != 0
+    kernels = tmp_path / "jupyter" / "kernels" / "fresh"
+    kernels.mkdir(parents=True)
+    spec = {"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "fresh", "language": "python"}
+    (kernels / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.delenv("STYLEKIT_SOURCE", raising=False)
+    work = {"metadata": {"path": str(tmp_path)}}  # the kernel's working folder: no stylekit in it
+    setup = _setup_cell(ROOT / "notebooks" / "01_data_prep.ipynb")
+    with pytest.raises(CellExecutionError, match="set STYLEKIT_SOURCE"):  # no source given: it stops and says what to set
+        NotebookClient(
+            nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup)]), kernel_name="fresh", timeout=60, resources=work
+        ).execute()
+    monkeypatch.setenv("STYLEKIT_SOURCE", _copy_of_the_project(tmp_path).as_uri())
+    monkeypatch.delenv("STYLEKIT_OUTPUTS", raising=False)
+    check = "from stylekit.data import load_photos\nimport stylekit.paths\nprint(len(load_photos()), stylekit.paths.IN_CLONE, stylekit.paths.outputs_dir().parent == Path.cwd())"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(setup),
+        nbformat.v4.new_code_cell("from pathlib import Path\n" + check),
+    ]
+    NotebookClient(notebook, kernel_name="fresh", timeout=600, resources=work).execute()
+    printed = [out.get("text", "") for cell in notebook.cells for out in cell.outputs]
+    assert (
+        printed[0].startswith("stylekit ")
+        and printed[-1].strip() == f"{len(_json_lines(ROOT / 'data' / 'photos' / 'metadata.jsonl'))} False True"
+    )
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
