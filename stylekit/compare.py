@@ -16,6 +16,7 @@ held-out photo is stylized at each multiplier and scored with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from .adapters import KINDS
 from .data import center_square, ensure_demo_sets, load_photos, trigger_word
@@ -159,16 +159,28 @@ def stored_parameters(path: Path) -> int:
     return int(sum(np.prod(shape) for shape in shapes if shape))
 
 
-def _train_kind(config: ComparisonConfig, kind: str, dataset: Path, folder: Path) -> dict:
+def _run_showing_progress(command: list[str], show: bool) -> tuple[int, str]:
+    """Run ``command``, passing its progress bars (stderr) on to ours as they come; returns the exit code and the last messages."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tail = b""
+    while chunk := os.read(process.stderr.fileno(), 4096):
+        if show:
+            sys.stderr.write(chunk.decode(errors="replace"))
+            sys.stderr.flush()
+        tail = (tail + chunk)[-2000:]
+    return process.wait(), tail.decode(errors="replace")
+
+
+def _train_kind(config: ComparisonConfig, kind: str, dataset: Path, folder: Path, progress: bool = True) -> dict:
     """Train one kind with ``stylekit train`` in a fresh process; returns its cost figures."""
     options = {"steps": config.steps, "learning-rate": config.learning_rate, "rank": config.rank, "alpha": config.alpha}
     command = [sys.executable, "-m", "stylekit", "train", str(dataset), "--name", kind, "--kind", kind, "--profile", config.profile]
     command += ["--seed", str(config.seed), "--trigger", trigger_word(config.style), "--output-dir", str(folder)]
     command += ["--conv" if config.conv else "--no-conv", "--checkpoint-every", str(10**6)]  # final checkpoint only
     command += [item for name, value in options.items() if value is not None for item in (f"--{name}", str(value))]
-    finished = subprocess.run(command, capture_output=True, text=True)
-    if finished.returncode != 0:
-        raise RuntimeError(f"training {kind} failed:\n{finished.stderr[-2000:]}")
+    returncode, messages = _run_showing_progress(command, show=progress)
+    if returncode != 0:
+        raise RuntimeError(f"training {kind} failed:\n{messages}")
     record = json.loads((folder / kind / "losses.json").read_text())
     single_file = folder / kind / f"{kind}.safetensors"  # the A1111 / ComfyUI file of every kind
     return {
@@ -196,7 +208,7 @@ def compare_kinds(config: ComparisonConfig | None = None, reference: StyleRefere
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
 
-    summary = [_train_kind(config, kind, dataset, folder) for kind in tqdm(config.kinds, desc="training kinds", disable=not progress)]
+    summary = [_train_kind(config, kind, dataset, folder, progress) for kind in config.kinds]
     stylizer = Stylizer(config.profile, styles_dir=folder)
     photos = {p.file_name.rsplit(".", 1)[0]: center_square(p.image, resolution) for p in load_photos(split="held_out")}
     targets = {name: apply_style(config.style, photo) for name, photo in photos.items()}
