@@ -49,6 +49,7 @@ __all__ = [
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 64 * 1024 * 1024  # larger images are refused as possible decompression bombs
 METADATA = "metadata.jsonl"
+SOURCES_FOLDER = "sources"  # in a paired dataset: the unstyled photos, never training images themselves
 
 
 # ---------------------------------------------------------------------------
@@ -303,6 +304,9 @@ def check_dataset(folder: str | Path, min_size: int = 64) -> DatasetReport:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.resolve() not in originals)
     for path in files:
         name = path.relative_to(folder).as_posix()
+        if name.startswith(f"{SOURCES_FOLDER}/"):
+            report.problems.append(Problem(name, "a source photo that no image names as its source; not trained on", skipped=False))
+            continue
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
             if suffix == ".txt" and not any(path.with_suffix(s).exists() or path.with_suffix(s.upper()).exists() for s in IMAGE_SUFFIXES):
@@ -527,12 +531,12 @@ def build_demo_sets(
         folder = out_dir / style
         folder.mkdir(parents=True, exist_ok=True)
         lines = []
-        (folder / "sources").mkdir(exist_ok=True)
+        (folder / SOURCES_FOLDER).mkdir(exist_ok=True)
         for index, (image, caption) in enumerate(content):
             name = f"{index:03d}.png"
             synth.apply_style(style, image).save(folder / name)
-            image.save(folder / "sources" / name)
-            entry = {"file_name": name, "text": f"{trigger_word(style)} style, {caption}", "source": f"sources/{name}"}
+            image.save(folder / SOURCES_FOLDER / name)
+            entry = {"file_name": name, "text": f"{trigger_word(style)} style, {caption}", "source": f"{SOURCES_FOLDER}/{name}"}
             lines.append(json.dumps(entry))
         (folder / METADATA).write_text("\n".join(lines) + "\n")
         folders[style] = folder

@@ -218,3 +218,12 @@ def test_a_missing_source_photo_is_reported_and_training_goes_on_unpaired(tmp_pa
     report = check_dataset(folder)
     assert any("source 'sources/001.png' is not a file" in p.reason and not p.skipped for p in report.problems)
     assert len(report.samples) == 3 and not prepare_dataset(report, resolution=64).paired
+
+
+def test_a_source_photo_no_image_names_is_never_trained_on(tmp_path):
+    folder = build_demo_sets(tmp_path, styles=["anime"], count=3)["anime"]
+    lines = (folder / "metadata.jsonl").read_text().splitlines()
+    (folder / "metadata.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last styled image loses its entry
+    report = check_dataset(folder)
+    assert [s.path.name for s in report.samples] == ["000.png", "001.png", "002.png"]  # the photo in sources/ is not one of them
+    assert any(p.file == "sources/002.png" and "no image names" in p.reason for p in report.problems)
