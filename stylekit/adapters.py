@@ -42,6 +42,7 @@ from .plots import Table
 __all__ = [
     "DIFFUSERS_WEIGHTS",
     "KINDS",
+    "SAVE_PRECISIONS",
     "AdapterMismatch",
     "AdapterSpec",
     "adapter_file",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+SAVE_PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}  # how the kohya and LyCORIS files store their weights
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # the UNet's first and last convolutions too: without them an adapter cannot move the predicted image far (a
 # norm sits before conv_out), which a style that repaints a photo (pencil on white paper) needs
@@ -258,19 +260,32 @@ def _metadata(config: LoraConfig) -> dict:
     return json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
 
 
-def save_adapter(unet, text_encoder, spec: AdapterSpec, folder: Path, name: str, training_info: dict | None = None) -> dict[str, Path]:
-    """Write the files of a trained adapter into ``folder``; returns their paths by format."""
+def _stored(tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
+
+
+def save_adapter(
+    unet, text_encoder, spec: AdapterSpec, folder: Path, name: str, training_info: dict | None = None, precision: str = "fp16"
+) -> dict[str, Path]:
+    """Write the files of a trained adapter into ``folder``; returns their paths by format.
+
+    The kohya and LyCORIS files (for AUTOMATIC1111 and ComfyUI) are stored in ``precision``:
+    fp16 by default, as kohya's scripts write them, or fp32. The diffusers file stays fp32,
+    as diffusers' own training scripts write it.
+    """
+    if precision not in SAVE_PRECISIONS:
+        raise ValueError(f"unknown save precision {precision!r}: use one of {', '.join(SAVE_PRECISIONS)}")
     folder.mkdir(parents=True, exist_ok=True)
     state = adapter_state(unet, text_encoder, spec)
-    metadata = _kohya_metadata(spec, name, training_info or {})
+    metadata = {**_kohya_metadata(spec, name, training_info or {}), "ss_save_precision": precision}
     if spec.lycoris:
         path = folder / f"{name}.safetensors"
-        layers = {k: v.detach().float().cpu().contiguous() for k, v in state["unet"].items()}
+        layers = _stored(state["unet"], SAVE_PRECISIONS[precision])
         atomic_write(path, lambda tmp: save_file(layers, tmp, metadata=metadata))
         return {"lycoris": path}
     # peft key names (lora_A / lora_B), which diffusers loads as they are, for linear and conv layers alike
-    unet_layers = {k: v.detach().float().cpu().contiguous() for k, v in state["unet"].items()}
-    text_layers = {k: v.detach().float().cpu().contiguous() for k, v in state["text_encoder"].items()} if "text_encoder" in state else None
+    unet_layers = _stored(state["unet"])
+    text_layers = _stored(state["text_encoder"]) if "text_encoder" in state else None
     atomic_write(
         folder / DIFFUSERS_WEIGHTS,
         lambda tmp: StableDiffusionPipeline.save_lora_weights(
@@ -283,7 +298,7 @@ def save_adapter(unet, text_encoder, spec: AdapterSpec, folder: Path, name: str,
         ),
     )
     kohya_path = folder / f"{name}.safetensors"
-    kohya = _kohya_state(state, spec)
+    kohya = _stored(_kohya_state(state, spec), SAVE_PRECISIONS[precision])
     atomic_write(kohya_path, lambda tmp: save_file(kohya, tmp, metadata=metadata))
     return {"diffusers": folder / DIFFUSERS_WEIGHTS, "kohya": kohya_path}
 
@@ -294,7 +309,7 @@ def _kohya_state(state: dict[str, dict[str, torch.Tensor]], spec: AdapterSpec) -
     kohya = convert_state_dict_to_kohya(prefixed)
     for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
         kohya[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(spec.alpha))
-    return {k: v.detach().float().cpu().contiguous() for k, v in kohya.items()}
+    return kohya
 
 
 def _kohya_metadata(spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
@@ -426,6 +441,7 @@ def _load_lycoris(pipe, path: Path, adapter_name: str, scale: float) -> None:
             if layer is None:
                 raise RuntimeError("not a LyCORIS layer kind this lycoris version builds")
             layer.load_state_dict(own, strict=True)
+            layer.to(device=pipe.unet.device, dtype=pipe.unet.dtype)  # the adapter follows the pipeline, whatever the file stores
         except (RuntimeError, TypeError) as error:
             mismatched.add(f"{name} ({str(error).strip().splitlines()[-1]})")
             continue

@@ -294,18 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = data.add_parser("demo", help="build one dataset per demo style from the shipped photos and scenes")
     demo.add_argument("--out", type=Path, help="default: outputs/datasets")
     demo.add_argument("--styles", nargs="+", help="default: all demo styles")
-    demo.add_argument("--count", type=int, default=32, help="images per style")
+    demo.add_argument("--count", type=int, default=48, help="images per style")
     demo.add_argument("--resolution", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=command_data_demo)
 
-    from .adapters import KINDS
+    from .adapters import KINDS, SAVE_PRECISIONS
     from .train import TrainConfig
 
     train = sub.add_parser("train", help="train one style adapter on a dataset folder (see stylekit.train.TrainConfig)")
     train.add_argument("dataset", help="dataset folder")
     train.add_argument("--name", required=True, help="style name; results go to outputs/loras/NAME")
-    _add_dataclass_options(train, TrainConfig, skip={"name", "dataset"}, choices={"kind": KINDS})
+    _add_dataclass_options(train, TrainConfig, skip={"name", "dataset"}, choices={"kind": KINDS, "save_precision": SAVE_PRECISIONS})
     train.set_defaults(handler=command_train)
 
     stylize = sub.add_parser("stylize", help="stylize a photo or a folder of photos with trained styles")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import textwrap
 import threading
 import time
 from contextlib import nullcontext
@@ -30,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .adapters import DIFFUSERS_WEIGHTS, AdapterSpec, attach_adapter, save_adapter, trainable_parameters
+from .adapters import DIFFUSERS_WEIGHTS, SAVE_PRECISIONS, AdapterSpec, attach_adapter, save_adapter, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
 from .models import as_task, load_pipeline, pick_device, tokenize
@@ -71,6 +72,7 @@ class TrainConfig:
             learn the change from photo to style: the noisy input is made from the photo, the target is the styled image.
         trigger: the word that calls the style in prompts (default: from ``name``).
         checkpoint_every, validation_every: steps between checkpoints / validation images (0: only at the end).
+        save_precision: how the kohya / LyCORIS file stores its weights, ``"fp16"`` (kohya's default) or ``"fp32"``.
     """
 
     name: str
@@ -105,7 +107,12 @@ class TrainConfig:
         "a landscape on snowy hills under a night sky",
     )
     output_dir: str | None = None
+    save_precision: str = "fp16"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.save_precision not in SAVE_PRECISIONS:
+            raise ValueError(f"unknown save precision {self.save_precision!r}: use one of {', '.join(SAVE_PRECISIONS)}")
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled in from the profile."""
@@ -511,7 +518,7 @@ def _write_outputs(
         "seed": cfg.seed,
         "resolution": get_profile(cfg.profile).resolution,
     }
-    files = save_adapter(pipe.unet, pipe.text_encoder, cfg.adapter(), run_dir, cfg.name, info)
+    files = save_adapter(pipe.unet, pipe.text_encoder, cfg.adapter(), run_dir, cfg.name, info, precision=cfg.save_precision)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     record = {
         "losses": losses,
@@ -546,7 +553,7 @@ def before_after_grid(results: dict[str, TrainResult]):
         set_adapter_weights(pipe, {name: 1.0})
         rows.append(validation_images(pipe, cfg, photo))
         labels.append(name)
-    columns = [p[:24] + "..." for p in first.validation_prompts] + ["held-out photo"]
+    columns = [textwrap.fill(textwrap.shorten(p, 34, placeholder="..."), 18) for p in first.validation_prompts] + ["held-out photo"]
     return image_grid(rows, row_labels=labels, col_labels=columns)
 
 

@@ -52,10 +52,19 @@ def test_kinds_listed():
         AdapterSpec(kind="loha", text_encoder=True)
 
 
+def _as_stored(result):
+    """The trained pipeline with its adapter's weights rounded as its file stores them: reloading is then compared like with like."""
+    if _stored_dtypes(adapter_file(result.folder)) == {torch.float16}:
+        with torch.no_grad():
+            for weight in adapters.trainable_parameters(result.pipeline.unet):
+                weight.copy_(weight.half().float())
+    return result.pipeline
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_reloads_identically_and_scales(kind, trained, base_image):
     result = trained[kind]
-    in_memory = _image(result.pipeline)
+    in_memory = _image(_as_stored(result))
     assert np.abs(in_memory - base_image).max() > 1e-3, "the trained adapter changes the output"
 
     pipe = load_pipeline("tiny")
@@ -128,3 +137,36 @@ def test_lycoris_coverage_shows_what_presets_wrap():
     table = adapters.coverage_table(coverage)
     assert [row[1] for row in table.rows] == [len(layers) for layers in coverage.values()]
     assert not getattr(unet, "lycoris", None)  # counting changed nothing
+
+
+def _stored_dtypes(path) -> set[torch.dtype]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {handle.get_tensor(key).dtype for key in handle.keys()}  # noqa: SIM118 (handles are not iterable)
+
+
+def test_files_for_other_tools_store_fp16_by_default_and_fp32_on_request(trained, anime_set, tmp_path, monkeypatch):
+    assert _stored_dtypes(trained["lora"].files["kohya"]) == {torch.float16}
+    assert _stored_dtypes(trained["loha"].files["lycoris"]) == {torch.float16}
+    assert _stored_dtypes(trained["lora"].files["diffusers"]) == {torch.float32}  # diffusers' own layout stays as diffusers writes it
+    monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
+    config = TrainConfig(name="full", dataset=str(anime_set), steps=1, save_precision="fp32")
+    assert _stored_dtypes(train_adapter(config, progress=False).files["kohya"]) == {torch.float32}
+    with pytest.raises(ValueError, match="unknown save precision"):
+        TrainConfig(name="half", dataset=str(anime_set), save_precision="fp8")
+
+
+def _adapter_tensors(pipe):
+    """Every parameter and buffer of the UNet and of any LyCORIS network hooked into it."""
+    modules = [pipe.unet] + [layer for network in getattr(pipe, "lycoris_networks", {}).values() for layer in network.loras]
+    return [t for module in modules for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_loaded_adapter_follows_the_pipelines_device_and_dtype(kind, trained):
+    pipe = load_pipeline("tiny", dtype="bf16")
+    base = next(pipe.unet.parameters())
+    load_adapter(pipe, trained[kind].folder, kind)
+    tensors = _adapter_tensors(pipe)
+    assert len(tensors) > len(list(load_pipeline("tiny").unet.parameters()))  # the adapter's own weights are among them
+    assert all(t.dtype == torch.bfloat16 and t.device == base.device for t in tensors)
+    assert np.isfinite(_image(pipe)).all()  # and it runs
