@@ -189,8 +189,6 @@ class Stylizer:
             raise ValueError(f"content_strength must be between 0 and 1, not {content}")
         steps = steps or defaults.steps
         method = method or defaults.method
-        if method not in METHODS:
-            raise ValueError(f"unknown stylize method {method!r}: choose one of {', '.join(METHODS)}")
         guidance = defaults.guidance if guidance is None else guidance
         image = image.convert("RGB")
         work = working_size(image.width, image.height, self.profile.resolution, self.multiple)
@@ -220,11 +218,11 @@ class Stylizer:
     def run(self, recipe: Recipe) -> Image.Image:
         """Run a recipe on its source photo (at working size); the result is at the photo's size."""
         source = recipe.source
+        if recipe.method not in METHODS:
+            raise ValueError(f"unknown stylize method {recipe.method!r}: choose one of {', '.join(METHODS)}")
         denoise = 1.0 - recipe.content_strength
         if int(recipe.steps * denoise) < 1:  # not a single denoising step: the photo comes back as it is
             return source.resize(tuple(recipe.size), Image.Resampling.LANCZOS)
-        if recipe.method not in METHODS:
-            raise ValueError(f"unknown stylize method {recipe.method!r}: choose one of {', '.join(METHODS)}")
         generator = torch.Generator(device="cpu").manual_seed(recipe.seed)
         if recipe.method == "inversion":
             result = self._inversion(recipe, generator)
@@ -261,11 +259,17 @@ class Stylizer:
         return self.decode(self.encode(image))
 
     @torch.no_grad()
-    def _noise_prediction(self, latents, t: int, prompt: str, negative: str, guidance: float) -> torch.Tensor:
-        positive, negative_embeds = self.pipe.encode_prompt(prompt, latents.device, 1, guidance > 1, negative or None)
+    def _prompt_embeddings(self, recipe: Recipe) -> torch.Tensor:
+        """The prompt's embeddings, the negative prompt's first when guidance is on (encoded once per pass)."""
+        guided = recipe.guidance > 1
+        positive, negative = self.pipe.encode_prompt(recipe.full_prompt, self.pipe.device, 1, guided, recipe.negative_prompt or None)
+        return torch.cat([negative, positive]) if guided else positive
+
+    @torch.no_grad()
+    def _noise_prediction(self, latents, t: int, embeddings: torch.Tensor, guidance: float) -> torch.Tensor:
         if guidance <= 1:
-            return self.pipe.unet(latents, t, encoder_hidden_states=positive).sample
-        both = self.pipe.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([negative_embeds, positive])).sample
+            return self.pipe.unet(latents, t, encoder_hidden_states=embeddings).sample
+        both = self.pipe.unet(torch.cat([latents, latents]), t, encoder_hidden_states=embeddings).sample
         unconditional, conditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
@@ -294,15 +298,16 @@ class Stylizer:
             for t in timesteps
         }
         noisy[-1] = photo
-        prompt = (recipe.full_prompt, recipe.negative_prompt, recipe.guidance)
         self.activate({}, 0.0)
+        base = (self._prompt_embeddings(recipe), recipe.guidance)  # encoded per pass: an adapter may reach the text encoder
         residuals = [
-            noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._noise_prediction(noisy[t], t, *prompt)) for t, t_prev in steps
+            noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._noise_prediction(noisy[t], t, *base)) for t, t_prev in steps
         ]
         self.activate(recipe.styles, recipe.style_strength)
+        styled = (self._prompt_embeddings(recipe), recipe.guidance)
         latents = noisy[timesteps[0]]
         for (t, t_prev), residual in zip(steps, residuals):
-            latents = self._posterior_mean(latents, t, t_prev, self._noise_prediction(latents, t, *prompt)) + residual
+            latents = self._posterior_mean(latents, t, t_prev, self._noise_prediction(latents, t, *styled)) + residual
         return self.decode(latents)
 
     def stylize_folder(self, source: Path, target: Path, style, **settings) -> list[Path]:
