@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from .adapters import KINDS
 from .data import center_square, ensure_demo_sets, load_photos, trigger_word
@@ -35,6 +37,8 @@ from .plots import Table, image_grid
 from .profiles import get_profile
 from .stylize import Stylizer
 from .synth import STYLES, apply_style
+
+STEPS_DONE = re.compile(r"training [^:]*:.*?(\d+)/(\d+) \[")  # the trainer's bar: "training lora:  45%|...| 134/300 ["
 
 __all__ = ["Comparison", "ComparisonConfig", "compare_kinds", "stored_parameters"]
 
@@ -159,16 +163,16 @@ def stored_parameters(path: Path) -> int:
     return int(sum(np.prod(shape) for shape in shapes if shape))
 
 
-def _run_showing_progress(command: list[str], show: bool) -> tuple[int, str]:
-    """Run ``command``, passing its progress bars (stderr) on to ours as they come; returns the exit code and the last messages."""
+def _run_with_progress(command: list[str], bar: tqdm) -> tuple[int, str]:
+    """Run ``command``, moving ``bar`` with the steps its own progress bar reports; returns the exit code and its last messages."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    tail = b""
+    tail = ""
     while chunk := os.read(process.stderr.fileno(), 4096):
-        if show:
-            sys.stderr.write(chunk.decode(errors="replace"))
-            sys.stderr.flush()
-        tail = (tail + chunk)[-2000:]
-    return process.wait(), tail.decode(errors="replace")
+        tail = (tail + chunk.decode(errors="replace"))[-2000:]
+        steps = STEPS_DONE.findall(tail)
+        if steps and steps[-1][1] == str(bar.total):
+            bar.update(int(steps[-1][0]) - bar.n)
+    return process.wait(), tail
 
 
 def _train_kind(config: ComparisonConfig, kind: str, dataset: Path, folder: Path, progress: bool = True) -> dict:
@@ -178,7 +182,8 @@ def _train_kind(config: ComparisonConfig, kind: str, dataset: Path, folder: Path
     command += ["--seed", str(config.seed), "--trigger", trigger_word(config.style), "--output-dir", str(folder)]
     command += ["--conv" if config.conv else "--no-conv", "--checkpoint-every", str(10**6)]  # final checkpoint only
     command += [item for name, value in options.items() if value is not None for item in (f"--{name}", str(value))]
-    returncode, messages = _run_showing_progress(command, show=progress)
+    with tqdm(total=config.steps or get_profile(config.profile).train.steps, desc=f"training {kind}", disable=not progress) as bar:
+        returncode, messages = _run_with_progress(command, bar)
     if returncode != 0:
         raise RuntimeError(f"training {kind} failed:\n{messages}")
     record = json.loads((folder / kind / "losses.json").read_text())
