@@ -26,6 +26,27 @@ def tiny_copy(tmp_path):
     return target
 
 
+def stored_dtypes(path) -> set:
+    """The dtypes of the tensors a .safetensors file stores."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {handle.get_tensor(key).dtype for key in handle.keys()}  # noqa: SIM118 (handles are not iterable)
+
+
+def round_like_file(pipe, path):
+    """``pipe`` with its trained adapter's weights rounded as the file at ``path`` stores them: a reload is then compared like with like."""
+    import torch
+
+    from stylekit.adapters import trainable_parameters
+
+    if stored_dtypes(path) == {torch.float16}:
+        with torch.no_grad():
+            for weight in trainable_parameters(pipe.unet):
+                weight.copy_(weight.half().float())
+    return pipe
+
+
 def kill_once_written(process, path, timeout=300):
     """SIGKILL ``process`` as soon as ``path`` exists (a checkpoint), as a crash would."""
     import signal

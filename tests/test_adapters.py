@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from conftest import round_like_file, stored_dtypes
 from safetensors import safe_open
 
 from stylekit import adapters
@@ -52,19 +53,10 @@ def test_kinds_listed():
         AdapterSpec(kind="loha", text_encoder=True)
 
 
-def _as_stored(result):
-    """The trained pipeline with its adapter's weights rounded as its file stores them: reloading is then compared like with like."""
-    if _stored_dtypes(adapter_file(result.folder)) == {torch.float16}:
-        with torch.no_grad():
-            for weight in adapters.trainable_parameters(result.pipeline.unet):
-                weight.copy_(weight.half().float())
-    return result.pipeline
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_reloads_identically_and_scales(kind, trained, base_image):
     result = trained[kind]
-    in_memory = _image(_as_stored(result))
+    in_memory = _image(round_like_file(result.pipeline, adapter_file(result.folder)))
     assert np.abs(in_memory - base_image).max() > 1e-3, "the trained adapter changes the output"
 
     pipe = load_pipeline("tiny")
@@ -139,18 +131,13 @@ def test_lycoris_coverage_shows_what_presets_wrap():
     assert not getattr(unet, "lycoris", None)  # counting changed nothing
 
 
-def _stored_dtypes(path) -> set[torch.dtype]:
-    with safe_open(str(path), framework="pt") as handle:
-        return {handle.get_tensor(key).dtype for key in handle.keys()}  # noqa: SIM118 (handles are not iterable)
-
-
 def test_files_for_other_tools_store_fp16_by_default_and_fp32_on_request(trained, anime_set, tmp_path, monkeypatch):
-    assert _stored_dtypes(trained["lora"].files["kohya"]) == {torch.float16}
-    assert _stored_dtypes(trained["loha"].files["lycoris"]) == {torch.float16}
-    assert _stored_dtypes(trained["lora"].files["diffusers"]) == {torch.float32}  # diffusers' own layout stays as diffusers writes it
+    assert stored_dtypes(trained["lora"].files["kohya"]) == {torch.float16}
+    assert stored_dtypes(trained["loha"].files["lycoris"]) == {torch.float16}
+    assert stored_dtypes(trained["lora"].files["diffusers"]) == {torch.float32}  # diffusers' own layout stays as diffusers writes it
     monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
     config = TrainConfig(name="full", dataset=str(anime_set), steps=1, save_precision="fp32")
-    assert _stored_dtypes(train_adapter(config, progress=False).files["kohya"]) == {torch.float32}
+    assert stored_dtypes(train_adapter(config, progress=False).files["kohya"]) == {torch.float32}
     with pytest.raises(ValueError, match="unknown save precision"):
         TrainConfig(name="half", dataset=str(anime_set), save_precision="fp8")
 
