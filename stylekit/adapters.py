@@ -51,6 +51,7 @@ __all__ = [
     "attach_adapter",
     "load_adapter",
     "save_adapter",
+    "save_dtype",
     "set_adapter_weights",
     "trainable_parameters",
 ]
@@ -260,6 +261,13 @@ def _metadata(config: LoraConfig) -> dict:
     return json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
 
 
+def save_dtype(precision: str) -> torch.dtype:
+    """The dtype the kohya and LyCORIS files store for ``precision`` (``"fp16"`` or ``"fp32"``)."""
+    if precision not in SAVE_PRECISIONS:
+        raise ValueError(f"unknown save precision {precision!r}: use one of {', '.join(SAVE_PRECISIONS)}")
+    return SAVE_PRECISIONS[precision]
+
+
 def _stored(tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
 
@@ -273,14 +281,13 @@ def save_adapter(
     fp16 by default, as kohya's scripts write them, or fp32. The diffusers file stays fp32,
     as diffusers' own training scripts write it.
     """
-    if precision not in SAVE_PRECISIONS:
-        raise ValueError(f"unknown save precision {precision!r}: use one of {', '.join(SAVE_PRECISIONS)}")
+    dtype = save_dtype(precision)
     folder.mkdir(parents=True, exist_ok=True)
     state = adapter_state(unet, text_encoder, spec)
     metadata = {**_kohya_metadata(spec, name, training_info or {}), "ss_save_precision": precision}
     if spec.lycoris:
         path = folder / f"{name}.safetensors"
-        layers = _stored(state["unet"], SAVE_PRECISIONS[precision])
+        layers = _stored(state["unet"], dtype)
         atomic_write(path, lambda tmp: save_file(layers, tmp, metadata=metadata))
         return {"lycoris": path}
     # peft key names (lora_A / lora_B), which diffusers loads as they are, for linear and conv layers alike
@@ -298,7 +305,7 @@ def save_adapter(
         ),
     )
     kohya_path = folder / f"{name}.safetensors"
-    kohya = _stored(_kohya_state(state, spec), SAVE_PRECISIONS[precision])
+    kohya = _stored(_kohya_state(state, spec), dtype)
     atomic_write(kohya_path, lambda tmp: save_file(kohya, tmp, metadata=metadata))
     return {"diffusers": folder / DIFFUSERS_WEIGHTS, "kohya": kohya_path}
 

@@ -31,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .adapters import DIFFUSERS_WEIGHTS, SAVE_PRECISIONS, AdapterSpec, attach_adapter, save_adapter, trainable_parameters
+from .adapters import DIFFUSERS_WEIGHTS, AdapterSpec, attach_adapter, save_adapter, save_dtype, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
 from .models import as_task, load_pipeline, pick_device, tokenize
@@ -111,8 +111,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.save_precision not in SAVE_PRECISIONS:
-            raise ValueError(f"unknown save precision {self.save_precision!r}: use one of {', '.join(SAVE_PRECISIONS)}")
+        save_dtype(self.save_precision)  # an unknown precision fails here, not after training
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled in from the profile."""
