@@ -59,7 +59,7 @@ def test_upload_slide_generate_in_a_real_browser(server, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
-        page.goto(server, timeout=300_000)
+        page.goto(server, timeout=300_000, wait_until="domcontentloaded")  # "load" also waits for CDN styles, which hang offline
         generate = page.locator(".stylekit-generate")
         generate.wait_for(timeout=300_000)
         upload = page.locator("button", has_text="Upload photo")
