@@ -457,6 +457,7 @@ def _load_lycoris(pipe, path: Path, adapter_name: str, scale: float) -> None:
     network = LycorisNetwork(pipe.unet, init_only=True)
     network.loras = layers
     network.apply_to()
+    network.hooked = True
     network.requires_grad_(False)
     networks = getattr(pipe, "lycoris_networks", {})
     networks[adapter_name] = network
@@ -478,11 +479,23 @@ def load_adapter(pipe, path: Path, adapter_name: str, scale: float = 1.0) -> Non
     set_adapter_weights(pipe, {adapter_name: scale})
 
 
+def _hook_lycoris(network, active: bool) -> None:
+    """Hook a LyCORIS network's layers into the UNet only while it is active: an inactive adapter costs nothing."""
+    if active != network.hooked:
+        for layer in network.loras:
+            if active:
+                layer.apply_to()
+            else:
+                layer.restore()
+        network.hooked = active
+
+
 def set_adapter_weights(pipe, weights: dict[str, float]) -> None:
     """Make exactly the adapters in ``weights`` active, each at its weight (a LyCORIS multiplier or a peft adapter weight)."""
     networks = getattr(pipe, "lycoris_networks", {})
     for name, network in networks.items():
         network.set_multiplier(weights.get(name, 0.0))
+        _hook_lycoris(network, weights.get(name, 0.0) != 0)
     peft = {name: weight for name, weight in weights.items() if name not in networks and weight != 0}
     if peft:
         pipe.enable_lora()

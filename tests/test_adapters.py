@@ -70,6 +70,23 @@ def test_kind_reloads_identically_and_scales(kind, trained, base_image):
     assert np.abs(half - base_image).max() > 1e-4 and np.abs(half - in_memory).max() > 1e-4  # strength in between
 
 
+def _hooked(pipe) -> list[str]:
+    return [name for name, module in pipe.unet.named_modules() if getattr(module, "_lycoris_wrappers", None)]
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_an_inactive_lycoris_adapter_does_not_run(kind, trained, base_image):
+    pipe = load_pipeline("tiny")
+    load_adapter(pipe, trained[kind].folder, kind)
+    active = _image(pipe)
+    assert _hooked(pipe)
+    set_adapter_weights(pipe, {})
+    assert not _hooked(pipe)  # the UNet runs its own layers only
+    np.testing.assert_array_equal(_image(pipe), base_image)
+    set_adapter_weights(pipe, {kind: 1.0})
+    np.testing.assert_array_equal(_image(pipe), active)
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k in LYCORIS_KEYS])
 def test_lycoris_files_use_lycoris_names(kind, trained):
     path = trained[kind].files["lycoris"]
