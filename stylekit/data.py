@@ -304,7 +304,7 @@ def check_dataset(folder: str | Path, min_size: int = 64) -> DatasetReport:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.resolve() not in originals)
     for path in files:
         name = path.relative_to(folder).as_posix()
-        if name.startswith(f"{SOURCES_FOLDER}/"):
+        if sources and name.startswith(f"{SOURCES_FOLDER}/"):  # only a paired dataset reserves the folder
             report.problems.append(Problem(name, "a source photo that no image names as its source; not trained on", skipped=False))
             continue
         suffix = path.suffix.lower()

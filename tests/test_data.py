@@ -227,3 +227,12 @@ def test_a_source_photo_no_image_names_is_never_trained_on(tmp_path):
     report = check_dataset(folder)
     assert [s.path.name for s in report.samples] == ["000.png", "001.png", "002.png"]  # the photo in sources/ is not one of them
     assert any(p.file == "sources/002.png" and "no image names" in p.reason for p in report.problems)
+
+
+def test_a_dataset_without_pairs_trains_on_a_folder_called_sources(tmp_path):
+    (tmp_path / "sources").mkdir()
+    for name in ("a", "sources/b"):
+        Image.new("RGB", (64, 64), (40, 90, 200) if name == "a" else (200, 90, 40)).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text("watercolor style, a field")
+    report = check_dataset(tmp_path)
+    assert sorted(s.path.name for s in report.samples) == ["a.png", "b.png"] and not report.problems
