@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from .data import DEMO_COUNT
 from .paths import NOTEBOOKS_DIR, outputs_dir
 from .profiles import PROFILES
 
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = data.add_parser("demo", help="build one dataset per demo style from the shipped photos and scenes")
     demo.add_argument("--out", type=Path, help="default: outputs/datasets")
     demo.add_argument("--styles", nargs="+", help="default: all demo styles")
-    demo.add_argument("--count", type=int, default=48, help="images per style")
+    demo.add_argument("--count", type=int, default=DEMO_COUNT, help="images per style")
     demo.add_argument("--resolution", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=command_data_demo)

@@ -498,7 +498,28 @@ def photo_crop(image: Image.Image, resolution: int, rng: random.Random) -> Image
     return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
 
 
-def demo_content(count: int, resolution: int, seed: int = 0, photo_share: float = 0.75) -> list[tuple[Image.Image, str]]:
+DEMO_COUNT = 400  # images per demo set: with 48, adapters learned the few training photos' colours, not the style
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
+
+
+def recolor(image: Image.Image, rng: random.Random) -> Image.Image:
+    """The same picture in other colours: its chroma turned and scaled, plus a light tint; luminance unchanged.
+
+    A few shipped photos (several of them grey) would otherwise teach an adapter only
+    their own colours; recoloured copies teach it what to do with any colour.
+    """
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    yiq = rgb @ _RGB_TO_YIQ.T
+    angle, gain = rng.uniform(0, 2 * np.pi), rng.uniform(0.7, 1.8)
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=np.float32) * gain
+    yiq[..., 1:] = yiq[..., 1:] @ turn.T + np.array([rng.gauss(0, 0.05), rng.gauss(0, 0.05)], dtype=np.float32)
+    rgb = np.clip(yiq @ np.linalg.inv(_RGB_TO_YIQ).T, 0.0, 1.0)
+    return Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8))
+
+
+def demo_content(
+    count: int, resolution: int, seed: int = 0, photo_share: float = 0.75, recolor_share: float = 0.5
+) -> list[tuple[Image.Image, str]]:
     """Content images with captions: mostly crops of the training photos (users bring photos), the rest procedural scenes.
 
     ``photo_share`` of the images are photo crops, taken from the training photos in turn
@@ -508,13 +529,14 @@ def demo_content(count: int, resolution: int, seed: int = 0, photo_share: float 
     photos = load_photos(split="train")
     crops = round(count * photo_share)
     content = [(photo_crop(photos[i % len(photos)].image, resolution, rng), photos[i % len(photos)].caption) for i in range(crops)]
+    content = [(recolor(image, rng) if rng.random() < recolor_share else image, caption) for image, caption in content]
     scene_seed = 500_000 + seed  # away from the seeds the base model was pretrained on
     content += [(s.image, s.caption) for s in synth.make_scenes(count - crops, resolution, seed=scene_seed)]
     return content
 
 
 def build_demo_sets(
-    out_dir: str | Path, styles: list[str] | None = None, count: int = 48, resolution: int = 64, seed: int = 0
+    out_dir: str | Path, styles: list[str] | None = None, count: int = DEMO_COUNT, resolution: int = 64, seed: int = 0
 ) -> dict[str, Path]:
     """One style dataset per demo style: the style filter applied to the same content images.
 

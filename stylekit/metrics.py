@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 from scipy import ndimage
 from skimage.feature import canny
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -520,7 +520,8 @@ class StyleReference:
 
         The classifier sees ``classifier_images`` demo content images per class (mostly crops
         of the training photos), through each style filter and unstyled (``"photo"``): more
-        than the images of each training set, which it would otherwise overfit. Held-out
+        than the images of each training set, which it would otherwise overfit. Softened
+        copies of the content count as ``"photo"`` too: a blur is not a style. Held-out
         photos are never used; :meth:`check` measures the judge on them.
         """
         from .data import demo_content, ensure_demo_sets
@@ -529,9 +530,11 @@ class StyleReference:
         images = _read_folders(ensure_demo_sets(list(styles), resolution, seed))
         content = [image for image, _ in demo_content(classifier_images, resolution, seed + 1)]
         training = {style: [apply_style(style, image) for image in content] for style in styles}
-        return cls(images, StyleClassifier.fit({**training, "photo": content}))
+        softened = [image.filter(ImageFilter.GaussianBlur(BLUR_RADII[i % len(BLUR_RADII)])) for i, image in enumerate(content)]
+        return cls(images, StyleClassifier.fit({**training, "photo": content + softened}))
 
 
+BLUR_RADII = (0.5, 0.8, 1.1)  # the softened copies of photos the demo judge learns as "photo"
 JUDGE_ON_TARGET = 0.6  # a valid judge gives the exact target at least this probability of its style...
 JUDGE_ON_PHOTO = 0.2  # ...and the untouched photo at most this, on average over the photos
 

@@ -35,7 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from . import synth
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import load_photos
-from .models import tokenize
+from .models import pick_device, tokenize
 
 __all__ = ["TINY_MODEL_DIR", "PretrainConfig", "build_text_encoder", "build_tokenizer", "build_unet", "build_vae", "pretrain"]
 
@@ -64,6 +64,7 @@ class PretrainConfig:
     seed: int = 0
     vocab_size: int = 1024
     vae_channels: tuple[int, ...] = (32, 64, 64)
+    latent_channels: int = 8  # 4 (Stable Diffusion's) kept too little of a 64 px photo: 23.5 dB, SSIM 0.75
     unet_channels: tuple[int, ...] = (32, 64, 64)
     text_width: int = 64
     text_layers: int = 2
@@ -127,7 +128,7 @@ def build_vae(config: PretrainConfig) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=config.vae_channels,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=config.latent_channels,
         norm_num_groups=16,
         sample_size=config.resolution,
         mid_block_add_attention=False,
@@ -138,8 +139,8 @@ def build_unet(config: PretrainConfig) -> UNet2DConditionModel:
     factor = 2 ** (len(config.vae_channels) - 1)
     return UNet2DConditionModel(
         sample_size=config.resolution // factor,
-        in_channels=4,
-        out_channels=4,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
         block_out_channels=config.unet_channels,
         # attention at the two coarser levels only, which keeps a CPU training step cheap
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -260,6 +261,7 @@ def _photo_biased_batch(is_photo: torch.Tensor, batch: int, generator: torch.Gen
 
 def train_vae(vae: AutoencoderKL, pixels, is_photo, config: PretrainConfig, work: Path) -> list[float]:
     """Stage 1: the autoencoder, with an L2 + L1 reconstruction loss and a tiny KL term."""
+    device = next(vae.parameters()).device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     ckpt = work / "vae_state.safetensors"
     start, losses = _resume_stage(ckpt, {"vae": vae}, optimizer)
@@ -270,9 +272,9 @@ def train_vae(vae: AutoencoderKL, pixels, is_photo, config: PretrainConfig, work
         _set_lr(optimizer, config.vae_lr, step, config.vae_steps)
         top, left = torch.randint(0, config.resolution - config.vae_crop + 1, (2,), generator=generator).tolist()
         batch = pixels[_photo_biased_batch(is_photo, config.vae_batch, generator)]
-        x = to_model_range(batch[:, :, top : top + config.vae_crop, left : left + config.vae_crop])
+        x = to_model_range(batch[:, :, top : top + config.vae_crop, left : left + config.vae_crop]).to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
         recon = vae.decode(z).sample
         loss = F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -300,13 +302,17 @@ def _set_lr(optimizer, base_lr: float, step: int, total: int, warmup: int = 100)
 
 @torch.no_grad()
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Posterior means of ``pixels`` (unscaled)."""
-    return torch.cat([vae.encode(to_model_range(pixels[i : i + batch])).latent_dist.mean for i in range(0, len(pixels), batch)])
+    """Posterior means of ``pixels`` (unscaled), on the CPU."""
+    device = next(vae.parameters()).device
+    return torch.cat(
+        [vae.encode(to_model_range(pixels[i : i + batch]).to(device)).latent_dist.mean.cpu() for i in range(0, len(pixels), batch)]
+    )
 
 
 def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: PretrainConfig, work: Path) -> list[float]:
     """Stage 2: UNet and text encoder together, epsilon prediction, with caption dropout for guidance."""
     scheduler = training_scheduler()
+    device = next(unet.parameters()).device
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
     ckpt = work / "unet_state.safetensors"
@@ -328,9 +334,9 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: Pretra
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (config.unet_batch,), generator=generator)
         noisy = scheduler.add_noise(x0, noise, t)
-        states = text_encoder(ids).last_hidden_state
-        pred = unet(noisy, t, encoder_hidden_states=states).sample
-        loss = F.mse_loss(pred, noise)
+        states = text_encoder(ids.to(device)).last_hidden_state
+        pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=states).sample
+        loss = F.mse_loss(pred, noise.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -358,8 +364,12 @@ def assemble_pipeline(vae, unet, text_encoder, tokenizer) -> StableDiffusionPipe
     )
 
 
-def pretrain(out: Path, work: Path, config: PretrainConfig) -> StableDiffusionPipeline:
-    """Train the tiny model from scratch (resuming from ``work`` if a run was interrupted) and save it to ``out``."""
+def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto") -> StableDiffusionPipeline:
+    """Train the tiny model from scratch (resuming from ``work`` if a run was interrupted) and save it to ``out``.
+
+    ``device``: ``"auto"`` (a CUDA GPU when there is one), ``"cpu"``, ``"cuda"``... Batches and noise are drawn
+    on the CPU, so a run replays the same data on any device.
+    """
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     started = time.time()
@@ -367,7 +377,8 @@ def pretrain(out: Path, work: Path, config: PretrainConfig) -> StableDiffusionPi
     digest = data_hash(pixels, captions)
     _check_same_run(work, config, digest)
     tokenizer = _run_tokenizer(work, captions + [config.extra_words] * 5, config)
-    vae, unet, text_encoder = build_vae(config), build_unet(config), build_text_encoder(config, len(tokenizer))
+    target = pick_device(device)
+    vae, unet, text_encoder = (m.to(target) for m in (build_vae(config), build_unet(config), build_text_encoder(config, len(tokenizer))))
 
     vae_losses = train_vae(vae, pixels, is_photo, config, work)
     latents = encode_latents(vae, pixels)
@@ -377,7 +388,7 @@ def pretrain(out: Path, work: Path, config: PretrainConfig) -> StableDiffusionPi
     empty_ids = tokenize(tokenizer, [""])[0]
     unet_losses = train_unet(unet, text_encoder, latents, token_ids, empty_ids, config, work)
 
-    pipe = assemble_pipeline(vae, unet, text_encoder, tokenizer)
+    pipe = assemble_pipeline(vae.cpu(), unet.cpu(), text_encoder.cpu(), tokenizer)
     _save_fp16(pipe, out)
     record = {
         "config": asdict(config),
@@ -440,12 +451,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in asdict(PretrainConfig()).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             train.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda...")
     card = sub.add_parser("card", help="measure the model and write its model card")
     card.add_argument("--model", type=Path, default=TINY_MODEL_DIR)
     args = parser.parse_args(argv)
     if args.command == "train":
         overrides = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__}
-        pretrain(args.out, args.work, PretrainConfig(**overrides))
+        pretrain(args.out, args.work, PretrainConfig(**overrides), device=args.device)
     else:
         from .tiny_card import write_model_card
 

@@ -164,7 +164,7 @@ on a laptop CPU. stylekit trained it from scratch, offline, with `python -m styl
 on the shipped photos (held-out ones excluded) and {config["scene_count"]} procedural scenes
 (`stylekit.synth`). It is the `tiny` profile's base model: `load_pipeline("tiny")`.
 
-- Resolution {config["resolution"]} x {config["resolution"]} px; autoencoder factor 4 (latents 4 x {config["resolution"] // 4} x {config["resolution"] // 4}).
+- Resolution {config["resolution"]} x {config["resolution"]} px; autoencoder factor 4 (latents {config.get("latent_channels", 4)} x {config["resolution"] // 4} x {config["resolution"] // 4}).
 - Parameters: UNet {params["unet"]:,}, autoencoder {params["vae"]:,}, text encoder {params["text_encoder"]:,} (stored in fp16).
 - Tokenizer: byte-level BPE in CLIP's format, trained on the captions (at most {config["vocab_size"]} tokens), {config["max_tokens"]} tokens per prompt.
 - Training: autoencoder {config["vae_steps"]} steps (batch {config["vae_batch"]}, {config["vae_crop"]} px crops), then UNet and text encoder
