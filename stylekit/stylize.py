@@ -117,6 +117,11 @@ def _adapter_hash(folder: Path) -> str:
     return hashlib.sha256(adapter_file(folder).read_bytes()).hexdigest()[:12]
 
 
+def denoising_steps(recipe: Recipe) -> int:
+    """How many of the recipe's steps run: ``steps x (1 - content)``, rounded so that 1 - 0.8 counts as 0.2 (4 of 20, not 3)."""
+    return int(round(recipe.steps * (1.0 - recipe.content_strength), 6))
+
+
 def working_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:
     """About ``resolution**2`` pixels with the photo's aspect ratio, each side a multiple of ``multiple``."""
     scale = (resolution * resolution / (width * height)) ** 0.5
@@ -220,8 +225,7 @@ class Stylizer:
         source = recipe.source
         if recipe.method not in METHODS:
             raise ValueError(f"unknown stylize method {recipe.method!r}: choose one of {', '.join(METHODS)}")
-        denoise = 1.0 - recipe.content_strength
-        if int(recipe.steps * denoise) < 1:  # not a single denoising step: the photo comes back as it is
+        if denoising_steps(recipe) < 1:  # not a single denoising step: the photo comes back as it is
             return source.resize(tuple(recipe.size), Image.Resampling.LANCZOS)
         generator = torch.Generator(device="cpu").manual_seed(recipe.seed)
         if recipe.method == "inversion":
@@ -232,7 +236,7 @@ class Stylizer:
                 prompt=recipe.full_prompt,
                 negative_prompt=recipe.negative_prompt or None,
                 image=source,
-                strength=denoise,
+                strength=1.0 - recipe.content_strength,
                 num_inference_steps=recipe.steps,
                 guidance_scale=recipe.guidance,
                 generator=generator,
@@ -289,7 +293,7 @@ class Stylizer:
         if "text_encoder_2" in self.pipe.components:
             raise ValueError("method 'inversion' supports Stable Diffusion 1.x / 2.x pipelines; use method='img2img' with SDXL")
         self.ddpm.set_timesteps(recipe.steps)
-        timesteps = self.ddpm.timesteps.tolist()[-int(recipe.steps * (1.0 - recipe.content_strength)) :]
+        timesteps = self.ddpm.timesteps.tolist()[-denoising_steps(recipe) :]
         steps = list(zip(timesteps, timesteps[1:] + [-1]))
         photo = self.encode(recipe.source)
         alphas = self.ddpm.alphas_cumprod
