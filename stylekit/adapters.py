@@ -4,9 +4,13 @@ LoRA and DoRA go through peft, the way diffusers trains them, and are saved twic
 
 - ``pytorch_lora_weights.safetensors``: the diffusers layout, for
   ``pipe.load_lora_weights(folder)``;
-- ``<name>.safetensors``: a kohya-format single file (``lora_unet_...``
-  keys with ``lora_down`` / ``lora_up`` / ``alpha`` and ``ss_*`` metadata) that
-  AUTOMATIC1111 and ComfyUI load, and diffusers too.
+- ``<name>.safetensors``: a kohya-format single file (``lora_unet_...`` keys with
+  ``lora_down`` / ``lora_up`` / ``alpha``, DoRA's magnitudes as ``dora_scale``,
+  and ``ss_*`` metadata) that AUTOMATIC1111 and ComfyUI load, and diffusers too.
+  As kohya's sd-scripts name them: Stable Diffusion 1.x / 2.x layers by their
+  diffusers names (``lora_unet_down_blocks_0_attentions_0_...``, text encoder
+  ``lora_te_``); SDXL layers by their original (sgm) names
+  (``lora_unet_input_blocks_4_1_...``, text encoders ``lora_te1_`` / ``lora_te2_``).
 
 The LyCORIS kinds (LoCon, LoHa, LoKr, OFT, BOFT) go through the ``lycoris``
 package, targeting the same UNet layers by name, and are saved once, as
@@ -28,15 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_kohya
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .checkpoints import atomic_write
-from .models import quiet_loading
+from .models import is_sdxl, original_unet_names, quiet_loading, text_encoders
 from .plots import Table
 
 __all__ = [
@@ -68,7 +71,7 @@ LYCORIS_ALGOS = {"locon": "locon", "loha": "loha", "lokr": "lokr", "oft": "diag-
 KINDS = (*PEFT_KINDS, *LYCORIS_ALGOS)
 LYCORIS_PREFIX = "lora_unet"  # key prefix that AUTOMATIC1111 and ComfyUI expect for UNet layers
 LYCORIS_MODULE = "lycoris"  # the trained LyCORIS network is registered on the UNet under this name
-KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipeline's attribute for each text encoder, in order
 # lycoris keeps its preset on the class: every preset stylekit applies starts from this empty one
 EMPTY_PRESET = {
     "target_module": [],
@@ -160,11 +163,14 @@ def _quiet_lycoris():
 def attach_adapter(unet, text_encoder, spec: AdapterSpec) -> None:
     """Freeze the base model and add fresh trainable adapter layers as described by ``spec``.
 
-    A LyCORIS network is registered on the UNet (``unet.lycoris``), so optimizers,
-    DDP and checkpoints see its parameters as the UNet's.
+    ``text_encoder`` is the text encoder, or a list of them (SDXL has two); with
+    ``spec.text_encoder`` each gets its own LoRA. A LyCORIS network is registered on
+    the UNet (``unet.lycoris``), so optimizers, DDP and checkpoints see its parameters as the UNet's.
     """
+    encoders = list(text_encoder) if isinstance(text_encoder, (list, tuple)) else [text_encoder]
     unet.requires_grad_(False)
-    text_encoder.requires_grad_(False)
+    for encoder in encoders:
+        encoder.requires_grad_(False)
     if spec.lycoris:
         from lycoris import LycorisNetwork, create_lycoris
 
@@ -181,7 +187,8 @@ def attach_adapter(unet, text_encoder, spec: AdapterSpec) -> None:
         return
     unet.add_adapter(spec.unet_config())
     if spec.text_encoder:
-        text_encoder.add_adapter(spec.text_config())
+        for encoder in encoders:
+            encoder.add_adapter(spec.text_config())
 
 
 LAYER_GROUPS = (
@@ -247,13 +254,14 @@ def trainable_parameters(*modules) -> list[torch.nn.Parameter]:
     return [p for module in modules for p in module.parameters() if p.requires_grad]
 
 
-def adapter_state(unet, text_encoder, spec: AdapterSpec) -> dict[str, dict[str, torch.Tensor]]:
-    """The adapter weights per component: peft naming for LoRA / DoRA, LyCORIS naming for the others."""
+def adapter_state(pipe, spec: AdapterSpec) -> dict[str, dict[str, torch.Tensor]]:
+    """The adapter weights per component (``unet``, ``text_encoder``, ``text_encoder_2``): peft naming for LoRA / DoRA,
+    LyCORIS naming for the others."""
     if spec.lycoris:
-        return {"unet": unet.get_submodule(LYCORIS_MODULE).state_dict()}
-    state = {"unet": get_peft_model_state_dict(unet)}
+        return {"unet": pipe.unet.get_submodule(LYCORIS_MODULE).state_dict()}
+    state = {"unet": get_peft_model_state_dict(pipe.unet)}
     if spec.text_encoder:
-        state["text_encoder"] = get_peft_model_state_dict(text_encoder)
+        state.update({name: get_peft_model_state_dict(encoder) for name, encoder in zip(TEXT_ENCODER_NAMES, text_encoders(pipe))})
     return state
 
 
@@ -272,10 +280,8 @@ def _stored(tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
 
 
-def save_adapter(
-    unet, text_encoder, spec: AdapterSpec, folder: Path, name: str, training_info: dict | None = None, precision: str = "fp16"
-) -> dict[str, Path]:
-    """Write the files of a trained adapter into ``folder``; returns their paths by format.
+def save_adapter(pipe, spec: AdapterSpec, folder: Path, name: str, training_info: dict | None = None, precision: str = "fp16") -> dict[str, Path]:
+    """Write the files of the adapter trained on ``pipe`` into ``folder``; returns their paths by format.
 
     The kohya and LyCORIS files (for AUTOMATIC1111 and ComfyUI) are stored in ``precision``:
     fp16 by default, as kohya's scripts write them, or fp32. The diffusers file stays fp32,
@@ -283,43 +289,77 @@ def save_adapter(
     """
     dtype = save_dtype(precision)
     folder.mkdir(parents=True, exist_ok=True)
-    state = adapter_state(unet, text_encoder, spec)
-    metadata = {**_kohya_metadata(spec, name, training_info or {}), "ss_save_precision": precision}
+    state = adapter_state(pipe, spec)
+    metadata = {**_kohya_metadata(pipe, spec, name, training_info or {}), "ss_save_precision": precision}
     if spec.lycoris:
         path = folder / f"{name}.safetensors"
         layers = _stored(state["unet"], dtype)
         atomic_write(path, lambda tmp: save_file(layers, tmp, metadata=metadata))
         return {"lycoris": path}
-    # peft key names (lora_A / lora_B), which diffusers loads as they are, for linear and conv layers alike
-    unet_layers = _stored(state["unet"])
-    text_layers = _stored(state["text_encoder"]) if "text_encoder" in state else None
-    atomic_write(
-        folder / DIFFUSERS_WEIGHTS,
-        lambda tmp: StableDiffusionPipeline.save_lora_weights(
-            Path(tmp).parent,
-            unet_lora_layers=unet_layers,
-            text_encoder_lora_layers=text_layers,
-            weight_name=Path(tmp).name,
-            unet_lora_adapter_metadata=_metadata(spec.unet_config()),
-            text_encoder_lora_adapter_metadata=_metadata(spec.text_config()) if text_layers else None,
-        ),
-    )
+    _save_diffusers_file(pipe, spec, state, folder / DIFFUSERS_WEIGHTS)
     kohya_path = folder / f"{name}.safetensors"
-    kohya = _stored(_kohya_state(state, spec), dtype)
+    kohya = _stored(_kohya_state(pipe, state, spec), dtype)
     atomic_write(kohya_path, lambda tmp: save_file(kohya, tmp, metadata=metadata))
     return {"diffusers": folder / DIFFUSERS_WEIGHTS, "kohya": kohya_path}
 
 
-def _kohya_state(state: dict[str, dict[str, torch.Tensor]], spec: AdapterSpec) -> dict[str, torch.Tensor]:
-    prefixed = {f"unet.{k}": v for k, v in state["unet"].items()}
-    prefixed.update({f"text_encoder.{k}": v for k, v in state.get("text_encoder", {}).items()})
-    kohya = convert_state_dict_to_kohya(prefixed)
-    for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
-        kohya[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(spec.alpha))
+def _save_diffusers_file(pipe, spec: AdapterSpec, state: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
+    """peft key names (lora_A / lora_B), which diffusers loads as they are, written by diffusers' own save function."""
+    layers = {f"{component}_lora_layers": _stored(tensors) for component, tensors in state.items()}
+    configs = {component: spec.unet_config() if component == "unet" else spec.text_config() for component in state}
+    metadata = {f"{component}_lora_adapter_metadata": _metadata(config) for component, config in configs.items()}
+    saver = StableDiffusionXLPipeline if is_sdxl(pipe) else StableDiffusionPipeline
+    atomic_write(path, lambda tmp: saver.save_lora_weights(Path(tmp).parent, weight_name=Path(tmp).name, **layers, **metadata))
+
+
+def kohya_prefixes(pipe) -> dict[str, str]:
+    """The kohya key prefix of each component: ``lora_unet``, and ``lora_te`` (SD 1.x / 2.x) or ``lora_te1`` / ``lora_te2`` (SDXL)."""
+    if is_sdxl(pipe):
+        return {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+    return {"unet": "lora_unet", "text_encoder": "lora_te"}
+
+
+def kohya_layer_names(pipe) -> dict[str, dict[str, str]]:
+    """Per component, each layer's kohya name by its diffusers name (SDXL's UNet layers under their original sgm names)."""
+    names = {}
+    for component, prefix in kohya_prefixes(pipe).items():
+        module = getattr(pipe, component)
+        layers = original_unet_names(module) if component == "unet" and is_sdxl(pipe) else {n: n for n, _ in module.named_modules() if n}
+        names[component] = {name: f"{prefix}_{original.replace('.', '_')}" for name, original in layers.items()}
+    return names
+
+
+def _kohya_state(pipe, state: dict[str, dict[str, torch.Tensor]], spec: AdapterSpec) -> dict[str, torch.Tensor]:
+    """peft's LoRA / DoRA weights under kohya's names: ``lora_down`` / ``lora_up`` / ``alpha``, and DoRA's magnitude as
+    ``dora_scale``, shaped like the layer's weight with one value per output (LyCORIS's layout, which ComfyUI reads)."""
+    names = kohya_layer_names(pipe)
+    kohya = {}
+    for component, tensors in state.items():
+        for key, tensor in tensors.items():
+            layer, parameter = _layer_of(f"{component}.{key}")
+            layer = layer.partition(".")[2]
+            name = names[component][layer]
+            if parameter == "lora_A.weight":
+                kohya[f"{name}.lora_down.weight"] = tensor
+                kohya[f"{name}.alpha"] = torch.tensor(float(spec.alpha))
+            elif parameter == "lora_B.weight":
+                kohya[f"{name}.lora_up.weight"] = tensor
+            elif parameter.startswith("lora_magnitude_vector"):
+                weight = getattr(pipe, component).get_submodule(layer).base_layer.weight
+                kohya[f"{name}.dora_scale"] = tensor.reshape(-1, *[1] * (weight.dim() - 1))
+            else:
+                raise ValueError(f"unexpected adapter weight {key!r} in {component}")
     return kohya
 
 
-def _kohya_metadata(spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
+def base_model_version(pipe) -> str:
+    """kohya's ``ss_base_model_version``: ``sdxl_base_v1-0``, ``sd_v2`` (1024-wide text conditioning) or ``sd_v1``."""
+    if is_sdxl(pipe):
+        return "sdxl_base_v1-0"
+    return "sd_v2" if pipe.unet.config.cross_attention_dim == 1024 else "sd_v1"
+
+
+def _kohya_metadata(pipe, spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
     """The ``ss_*`` keys that kohya's sd-scripts write and A1111 / ComfyUI read."""
     if spec.lycoris:
         module, args = "lycoris.kohya", {"algo": LYCORIS_ALGOS[spec.kind], "conv_dim": spec.rank if spec.conv else 0, "factor": spec.factor}
@@ -331,7 +371,9 @@ def _kohya_metadata(spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
         "ss_network_dim": str(spec.rank),
         "ss_network_alpha": str(spec.alpha),
         "ss_network_args": json.dumps(args),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": base_model_version(pipe),
+        "ss_v2": str(base_model_version(pipe) == "sd_v2"),
+        "ss_v_parameterization": str(pipe.scheduler.config.get("prediction_type") == "v_prediction"),
         "ss_training_comment": "trained with stylekit",
         "stylekit_adapter": json.dumps(asdict(spec)),
     }
@@ -364,20 +406,22 @@ def _is_lycoris_file(path: Path) -> bool:
 
 
 def _layer_index(pipe) -> dict[str, torch.nn.Module]:
-    """Every layer of the UNet and text encoder under the names adapter files use (diffusers and kohya / LyCORIS)."""
+    """Every layer of the UNet and text encoders under the names adapter files use: diffusers (``unet.down_blocks...``),
+    kohya (:func:`kohya_layer_names`; ``lora_te1_`` is also read for a single text encoder) and LyCORIS (``lora_unet_down_blocks_...``)."""
     index = {}
-    for component in ("unet", "text_encoder"):
-        kohya = next(prefix for prefix, owner in KOHYA_PREFIXES.items() if owner == component)
-        for name, module in getattr(pipe, component).named_modules():
+    for component, names in kohya_layer_names(pipe).items():
+        for name, layer in getattr(pipe, component).named_modules():
             if name:
-                index[f"{component}.{name}"] = module
-                index[kohya + name.replace(".", "_")] = module
+                flat = name.replace(".", "_")
+                alias = f"{LYCORIS_PREFIX}_{flat}" if component == "unet" else f"lora_te1_{flat}" if component == "text_encoder" else None
+                index.update({f"{component}.{name}": layer, names[name]: layer, alias: layer})
+    index.pop(None, None)
     return index
 
 
 def _layer_of(key: str) -> tuple[str, str]:
     """Split a file key into (layer name, parameter name), for diffusers and kohya / LyCORIS keys."""
-    if key.startswith(("unet.", "text_encoder.")):
+    if key.startswith(("unet.", "text_encoder.", "text_encoder_2.")):
         match = re.search(r"\.(lora_[AB]\.|lora_magnitude_vector)", key)
         if match:
             return key[: match.start()], key[match.start() + 1 :]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import os
 import subprocess
 import sys
 import types
@@ -29,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from .data import DEMO_COUNT
-from .paths import NOTEBOOKS_DIR, outputs_dir
+from .paths import NOTEBOOKS_DIR, outputs_dir, profile_dir
 from .profiles import PROFILES
 
 __all__ = ["NotebookFailed", "find_notebooks", "main", "run_notebooks"]
@@ -131,9 +132,11 @@ def command_info(args) -> int:
         print(f"  {profile.name:6s} {profile.resolution:5d} px  {profile.base_model}: {profile.description}")
     shipped = (tiny_model_dir() / "model_index.json").exists()
     print(f"embedded tiny model: {'present' if shipped else 'MISSING (reinstall stylekit)'}")
-    loras = outputs_dir() / "loras"
-    styles = sorted(p.name for p in loras.iterdir() if p.is_dir()) if loras.is_dir() else []
-    print(f"trained styles in {loras}: {', '.join(styles) if styles else 'none yet (run notebook 02)'}")
+    from .stylize import find_styles
+
+    for profile in PROFILES:
+        styles = find_styles(profile=profile)
+        print(f"trained styles ({profile}): {', '.join(styles) if styles else 'none yet (run notebook 02)'}")
     return 0
 
 
@@ -164,8 +167,9 @@ def command_data_check(args) -> int:
 def command_data_demo(args) -> int:
     from .data import build_demo_sets
 
-    out = args.out or outputs_dir() / "datasets"
-    folders = build_demo_sets(out, styles=args.styles, count=args.count, resolution=args.resolution, seed=args.seed)
+    out = args.out or profile_dir(args.profile) / "datasets"
+    resolution = args.resolution or PROFILES[args.profile].resolution
+    folders = build_demo_sets(out, styles=args.styles, count=args.count, resolution=resolution, seed=args.seed)
     for style, folder in folders.items():
         print(f"{style:14s} {folder}")
     return 0
@@ -194,7 +198,7 @@ def command_stylize(args) -> int:
     from .data import open_image
     from .stylize import Stylizer, save_with_recipe
 
-    stylizer = Stylizer(args.model)
+    stylizer = Stylizer(args.model, profile=args.profile, safety_checker=args.safety_checker)
     settings = dict(
         style_strength=args.style_strength,
         content_strength=args.content_strength,
@@ -222,7 +226,7 @@ def command_reproduce(args) -> int:
 
 
 def serve_command(port: int) -> list[str]:
-    """The Voila command that serves notebook 04 on localhost only."""
+    """The Voila command that serves notebook 04 on localhost only (``STYLEKIT_PROFILE`` in its environment picks the profile)."""
     notebook = NOTEBOOKS_DIR / "04_stylizer.ipynb"
     return [
         sys.executable,
@@ -248,8 +252,8 @@ def command_eval(args) -> int:
 
 
 def command_serve(args) -> int:
-    print(f"stylizer on http://127.0.0.1:{args.port}/ (Ctrl+C stops it)", flush=True)
-    return subprocess.call(serve_command(args.port))
+    print(f"stylizer ({args.profile}) on http://127.0.0.1:{args.port}/ (Ctrl+C stops it)", flush=True)
+    return subprocess.call(serve_command(args.port), env={**os.environ, "STYLEKIT_PROFILE": args.profile})
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str], choices: dict[str, tuple] | None = None) -> None:
@@ -296,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="default: outputs/datasets")
     demo.add_argument("--styles", nargs="+", help="default: all demo styles")
     demo.add_argument("--count", type=int, default=DEMO_COUNT, help="images per style")
-    demo.add_argument("--resolution", type=int, default=64)
+    demo.add_argument("--profile", choices=list(PROFILES), default="tiny", help="whose datasets: outputs/PROFILE/datasets (default tiny)")
+    demo.add_argument("--resolution", type=int, default=None, help="default: the profile's (tiny 64, sd15 512, sdxl 1024)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=command_data_demo)
 
@@ -323,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=["img2img", "inversion"], default=None, help="how the photo is carried into the result (default: the profile's)"
     )
     stylize.add_argument("--model", default="tiny", help="profile, hub id or local model (default tiny)")
+    stylize.add_argument(
+        "--profile", choices=list(PROFILES), default=None, help="settings and styles for a hub id or folder (default: sdxl or sd15 by its layout)"
+    )
+    stylize.add_argument("--safety-checker", action="store_true", help="run the model's NSFW checker on every result (both methods)")
     stylize.set_defaults(handler=command_stylize)
 
     again = sub.add_parser("reproduce", help="make an image saved by stylekit again from its recipe")
@@ -341,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the stylizer (notebook 04) as a web page on localhost")
     serve.add_argument("--port", type=int, default=8866)
+    serve.add_argument("--profile", choices=list(PROFILES), default="tiny", help="the model and styles to serve (default tiny)")
     serve.set_defaults(handler=command_serve)
     return parser
 

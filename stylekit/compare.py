@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .adapters import KINDS
 from .data import center_square, ensure_demo_sets, load_photos, trigger_word
 from .metrics import StyleReference, evenness, mean_by, strength_sweep, write_csv
-from .paths import outputs_dir
+from .paths import profile_dir
 from .plots import Table, image_grid
 from .profiles import get_profile
 from .stylize import Stylizer
@@ -207,9 +207,9 @@ def compare_kinds(config: ComparisonConfig | None = None, reference: StyleRefere
     if unknown:
         raise ValueError(f"unknown adapter kind(s) {unknown}: choose from {', '.join(KINDS)}")
     resolution = get_profile(config.profile).resolution
-    dataset = ensure_demo_sets([config.style], resolution, config.seed)[config.style]
-    reference = reference or StyleReference.demo(list(STYLES), resolution, config.seed)
-    folder = outputs_dir() / "comparison" / config.style
+    dataset = ensure_demo_sets([config.style], config.profile, config.seed)[config.style]
+    reference = reference or StyleReference.demo(list(STYLES), config.profile, config.seed)
+    folder = profile_dir(config.profile) / "comparison" / config.style
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
 

@@ -25,10 +25,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import synth
-from .paths import PHOTOS_DIR, outputs_dir
+from .paths import PHOTOS_DIR, profile_dir
 from .plots import Table
+from .profiles import get_profile
 
 __all__ = [
+    "CropWindow",
     "DatasetReport",
     "ImageProblem",
     "Photo",
@@ -360,15 +362,30 @@ def bucket_sizes(resolution: int, step: int = 8, max_ratio: float = 2.0) -> list
     return sorted(sizes)
 
 
-def _fit(image: Image.Image, width: int, height: int, crop: str, rng: random.Random) -> Image.Image:
-    """Resize to cover (width, height), then crop the centre or a random window."""
+@dataclass(frozen=True)
+class CropWindow:
+    """Where a training image came from: its original size, and the window cut from it after resizing (SDXL is conditioned on both)."""
+
+    original: tuple[int, int]  # (height, width) of the file
+    top: int
+    left: int
+    mirrored_left: int  # the window's left edge in the mirror image of the resized file
+
+    def time_ids(self, size: tuple[int, int], mirrored: bool = False) -> list[int]:
+        """SDXL's six size numbers: original (h, w), crop top-left, target (h, w) of an image of ``size`` (w, h)."""
+        return [*self.original, self.top, self.mirrored_left if mirrored else self.left, size[1], size[0]]
+
+
+def _fit(image: Image.Image, width: int, height: int, crop: str, rng: random.Random) -> tuple[Image.Image, CropWindow]:
+    """Resize to cover (width, height), then crop the centre or a random window; also says which window."""
     scale = max(width / image.width, height / image.height)
     resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.Resampling.LANCZOS)
     if crop == "random":
         left, top = rng.randint(0, resized.width - width), rng.randint(0, resized.height - height)
     else:
         left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    window = CropWindow((image.height, image.width), top, left, resized.width - width - left)
+    return resized.crop((left, top, left + width, top + height)), window
 
 
 @dataclass
@@ -389,6 +406,7 @@ class PreparedDataset(torch.utils.data.Dataset):
     epoch: int = 0
     names: list[str] = field(default_factory=list)
     sources: list[Image.Image | None] = field(default_factory=list)  # per image, its unstyled photo (paired datasets)
+    windows: list[CropWindow] = field(default_factory=list)  # per image, where it was cut from its file
 
     @property
     def paired(self) -> bool:
@@ -453,17 +471,19 @@ def prepare_dataset(
         raise ValueError(f"{report.folder}: no usable image\n{report}")
     sizes = bucket_sizes(resolution) if buckets else [(resolution, resolution)]
     rng = random.Random(seed)
-    images, captions, names, sources = [], [], [], []
+    images, captions, names, sources, windows = [], [], [], [], []
     for sample in report.samples:
         image = open_image(sample.path)
         aspect = image.width / image.height
         width, height = min(sizes, key=lambda s: abs(np.log(s[0] / s[1]) - np.log(aspect)))
-        window = rng.getstate()  # the source photo gets the same window as its styled image
-        images.append(_fit(image, width, height, crop, rng))
-        sources.append(_fit_source(sample, image.size, width, height, crop, window))
+        state = rng.getstate()  # the source photo gets the same window as its styled image
+        fitted, window = _fit(image, width, height, crop, rng)
+        images.append(fitted)
+        windows.append(window)
+        sources.append(_fit_source(sample, image.size, width, height, crop, state))
         captions.append(sample.caption or "")
         names.append(sample.path.relative_to(report.folder).as_posix())
-    return PreparedDataset(images, captions, trigger, caption_dropout, shuffle_tags, seed, names=names, sources=sources)
+    return PreparedDataset(images, captions, trigger, caption_dropout, shuffle_tags, seed, names=names, sources=sources, windows=windows)
 
 
 def _fit_source(sample: Sample, size: tuple[int, int], width: int, height: int, crop: str, window) -> Image.Image | None:
@@ -477,7 +497,7 @@ def _fit_source(sample: Sample, size: tuple[int, int], width: int, height: int, 
         )
     rng = random.Random()
     rng.setstate(window)
-    return _fit(source, width, height, crop, rng)
+    return _fit(source, width, height, crop, rng)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -565,10 +585,11 @@ def build_demo_sets(
     return folders
 
 
-def ensure_demo_sets(styles: list[str], resolution: int, seed: int = 0) -> dict[str, Path]:
-    """The demo sets in ``outputs/datasets``, building those that are missing (so any notebook runs on its own)."""
-    datasets = outputs_dir() / "datasets"
+def ensure_demo_sets(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:
+    """The demo sets of ``profile`` in ``outputs/<profile>/datasets`` at its resolution, building those that are missing
+    (so any notebook runs on its own)."""
+    datasets = profile_dir(profile) / "datasets"
     missing = [s for s in styles if not (datasets / s / METADATA).exists()]
     if missing:
-        build_demo_sets(datasets, missing, resolution=resolution, seed=seed)
+        build_demo_sets(datasets, missing, resolution=get_profile(profile).resolution, seed=seed)
     return {style: datasets / style for style in styles}

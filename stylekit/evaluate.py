@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .data import center_square, load_photos
 from .metrics import StyleReference, availability, is_monotonic, judge_check, mean_by, score, strength_sweep, write_csv
 from .models import as_task
-from .paths import outputs_dir
+from .paths import profile_dir
 from .plots import Table, image_grid
 from .profiles import get_profile
 from .stylize import Stylizer, find_styles
@@ -225,10 +225,10 @@ class Evaluation:
         return items
 
     def write_report(self, folder: Path | None = None) -> Path:
-        """``evaluation.md`` with the tables and verdicts, and the CSV and PNG files it links, in ``outputs/reports``."""
+        """``evaluation.md`` with the tables and verdicts, and the CSV and PNG files it links, in ``outputs/<profile>/reports``."""
         import matplotlib.pyplot as plt
 
-        folder = Path(folder) if folder else outputs_dir() / "reports"
+        folder = Path(folder) if folder else profile_dir(self.config.profile) / "reports"
         folder.mkdir(parents=True, exist_ok=True)
         write_csv(folder / "evaluation_scores.csv", self.scores)
         write_csv(folder / "evaluation_sweeps.csv", self.sweeps)
@@ -420,7 +420,7 @@ def find_systems(config: EvalConfig, loras: dict[str, Path]) -> list[System]:
         kind = json.loads((loras[style] / "config.json").read_text()).get("kind", "lora")
         systems += [System(style, "base", folder, style), System(style, kind, folder, style)]
         if config.kinds:
-            comparison = outputs_dir() / "comparison" / style
+            comparison = profile_dir(config.profile) / "comparison" / style
             systems += [System(style, k, comparison, k) for k in find_styles(comparison) if k != kind]
     return systems
 
@@ -429,7 +429,7 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
     """Score every system on the held-out photos, sweep both strengths for each adapter, and keep example images."""
     config = config or EvalConfig()
     resolution = get_profile(config.profile).resolution
-    reference = StyleReference.demo(list(STYLES), resolution, config.seed)
+    reference = StyleReference.demo(list(STYLES), config.profile, config.seed)
     loras = ensure_trained(list(config.styles), config.profile, config.seed)
     photos = {p.file_name.rsplit(".", 1)[0]: center_square(p.image, resolution) for p in load_photos(split="held_out")}
     targets = {style: {name: apply_style(style, photo) for name, photo in photos.items()} for style in config.styles}

@@ -515,7 +515,7 @@ class StyleReference:
         return cls(images, StyleClassifier.fit({**images, "photo": list(photos)}, net))
 
     @classmethod
-    def demo(cls, styles: Sequence[str], resolution: int = 64, seed: int = 0, classifier_images: int = 300) -> StyleReference:
+    def demo(cls, styles: Sequence[str], profile: str = "tiny", seed: int = 0, classifier_images: int = 300) -> StyleReference:
         """The demo style sets (built if missing) as references; the classifier learns from more of the same.
 
         The classifier sees ``classifier_images`` demo content images per class (mostly crops
@@ -525,10 +525,11 @@ class StyleReference:
         photos are never used; :meth:`check` measures the judge on them.
         """
         from .data import demo_content, ensure_demo_sets
+        from .profiles import get_profile
         from .synth import apply_style
 
-        images = _read_folders(ensure_demo_sets(list(styles), resolution, seed))
-        content = [image for image, _ in demo_content(classifier_images, resolution, seed + 1)]
+        images = _read_folders(ensure_demo_sets(list(styles), profile, seed))
+        content = [image for image, _ in demo_content(classifier_images, get_profile(profile).resolution, seed + 1)]
         training = {style: [apply_style(style, image) for image in content] for style in styles}
         softened = [image.filter(ImageFilter.GaussianBlur(BLUR_RADII[i % len(BLUR_RADII)])) for i, image in enumerate(content)]
         return cls(images, StyleClassifier.fit({**training, "photo": content + softened}))

@@ -37,11 +37,19 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "ModelLoadError",
     "as_task",
+    "bf16_native",
+    "decode_latents",
+    "encode_pixels",
     "export_single_file",
+    "is_sdxl",
     "load_pipeline",
+    "original_unet_names",
     "pick_device",
     "pick_dtype",
+    "pick_mixed_precision",
+    "prediction_type",
     "quiet_loading",
+    "text_encoders",
     "tiny_model_dir",
     "tokenize",
 ]
@@ -71,8 +79,25 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def bf16_native() -> bool:
+    """Whether the CUDA card computes bfloat16 natively (compute capability 8.0, Ampere, and newer).
+
+    ``torch.cuda.is_bf16_supported()`` also answers True on a T4 (7.5), where bf16 is emulated and several times slower than fp16.
+    """
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def pick_mixed_precision(requested: str = "auto") -> str:
+    """``"auto"``: bf16 on cards that compute it natively, fp16 on other CUDA cards, ``"no"`` elsewhere."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if bf16_native() else "fp16"
+
+
 def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto", prefer_bf16: bool = False) -> torch.dtype:
-    """``"auto"``: float32 on CPU, float16 on MPS, float16 or bfloat16 on CUDA."""
+    """``"auto"``: float32 on CPU, float16 on MPS, float16 or (where native and preferred) bfloat16 on CUDA."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
@@ -85,7 +110,7 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto", prefer_b
             "bfloat16": torch.bfloat16,
         }[dtype]
     if device.type == "cuda":
-        return torch.bfloat16 if prefer_bf16 and torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if prefer_bf16 and bf16_native() else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.float32
@@ -94,6 +119,51 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto", prefer_b
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids of ``captions``, padded to the tokenizer's full length (what Stable Diffusion's text encoder expects)."""
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def is_sdxl(pipe) -> bool:
+    """Whether ``pipe`` has SDXL's layout (two text encoders, pooled text and size conditioning)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders: one for Stable Diffusion 1.x / 2.x, two for SDXL."""
+    return [pipe.text_encoder, pipe.text_encoder_2] if is_sdxl(pipe) else [pipe.text_encoder]
+
+
+def prediction_type(scheduler) -> str:
+    """What the UNet predicts, ``"epsilon"`` or ``"v_prediction"``; any other kind is refused with the model's own word for it."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind not in ("epsilon", "v_prediction"):
+        raise ModelLoadError(f"this model predicts {kind!r}; stylekit trains and inverts epsilon- and v-prediction models only")
+    return kind
+
+
+@contextlib.contextmanager
+def _vae_precision(vae):
+    """Run an fp16 VAE that its config says to upcast (SDXL's: it overflows to NaN in fp16) in fp32, then put it back."""
+    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield vae.dtype
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
+@torch.no_grad()
+def encode_pixels(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Posterior means of ``pixels`` (in [-1, 1]), scaled as the UNet expects; float32."""
+    with _vae_precision(vae) as dtype:
+        return vae.encode(pixels.to(vae.device, dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] of scaled ``latents``; float32."""
+    with _vae_precision(vae) as dtype:
+        return vae.decode((latents / vae.config.scaling_factor).to(vae.device, dtype)).sample.float()
 
 
 def as_task(pipe: DiffusionPipeline, task: str) -> DiffusionPipeline:
@@ -112,6 +182,7 @@ def load_pipeline(
     dtype: str | torch.dtype = "auto",
     allow_pickle: bool = False,
     config: str | os.PathLike | None = None,
+    safety_checker: bool = False,
 ) -> DiffusionPipeline:
     """Load a Stable Diffusion pipeline ready for ``task`` on the chosen device.
 
@@ -124,6 +195,11 @@ def load_pipeline(
         dtype: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"bf16"`` or a torch dtype.
         allow_pickle: accept ``.ckpt`` / ``.pt`` / ``.bin`` files, which can run code when loaded.
         config: for a single file, a diffusers folder or hub id giving the component configs.
+        safety_checker: keep the NSFW checker that some models ship (SD 1.5's, 0.6 GB); off by default,
+            and never needed for training. The stylizer runs it on every result when it is kept.
+
+    From the hub, half precision downloads the repository's fp16 variant where it has one
+    (half the download: about 2.7 GB instead of 5.5 for SD 1.5).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use 'img2img' or 'txt2img'")
@@ -131,25 +207,29 @@ def load_pipeline(
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype, prefer_bf16=is_xl)
     path = Path(source)
+    checker = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
     with quiet_loading():
         if path.suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}:
             pipe = _load_single_file(path, torch_dtype, allow_pickle, config)
         elif path.is_dir():
             _check_diffusers_folder(path)
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle)
+            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle, **checker)
         else:
-            pipe = _load_from_hub(str(source), torch_dtype, allow_pickle)
+            pipe = _load_from_hub(str(source), torch_dtype, allow_pickle, checker)
+    prediction_type(pipe.scheduler)
     pipe.set_progress_bar_config(disable=True)
     return as_task(pipe.to(target), task)
 
 
 @contextlib.contextmanager
 def quiet_loading():
-    """Loading without per-component progress bars, dtype-argument deprecation notes or info-level warnings."""
-    verbosity = diffusers_logging.get_verbosity()
+    """Loading (or encoding prompts) without per-component progress bars, dtype-argument deprecation notes, info-level
+    warnings, or a note each time a caption is cut to the text encoder's length (it always was)."""
+    verbosity, text_verbosity = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
@@ -158,6 +238,7 @@ def quiet_loading():
             yield
     finally:
         diffusers_logging.set_verbosity(verbosity)
+        transformers_logging.set_verbosity(text_verbosity)
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
 
@@ -235,15 +316,26 @@ def _is_sdxl_checkpoint(path: Path) -> bool:
         return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())  # noqa: SIM118 (safe_open is not iterable)
 
 
-def _load_from_hub(model_id: str, torch_dtype, allow_pickle: bool) -> DiffusionPipeline:
-    kwargs = {"torch_dtype": torch_dtype, "use_safetensors": not allow_pickle}
+def _from_pretrained(model_id: str, **kwargs) -> DiffusionPipeline:
+    """``from_pretrained`` with the fp16 variant when loading in half precision, the full weights when there is no such variant."""
+    if kwargs["torch_dtype"] != torch.float32:
+        try:
+            return DiffusionPipeline.from_pretrained(model_id, variant="fp16", **kwargs)
+        except (OSError, ValueError) as error:
+            if "variant" not in str(error).lower():
+                raise
+    return DiffusionPipeline.from_pretrained(model_id, **kwargs)
+
+
+def _load_from_hub(model_id: str, torch_dtype, allow_pickle: bool, checker: dict) -> DiffusionPipeline:
+    kwargs = {"torch_dtype": torch_dtype, "use_safetensors": not allow_pickle, **checker}
     try:
-        return DiffusionPipeline.from_pretrained(model_id, local_files_only=True, **kwargs)
+        return _from_pretrained(model_id, local_files_only=True, **kwargs)
     except (OSError, ValueError) as cached_error:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise _offline_error(model_id) from cached_error
     try:
-        return DiffusionPipeline.from_pretrained(model_id, **kwargs)
+        return _from_pretrained(model_id, **kwargs)
     except OSError as error:
         if _offline(error):
             raise _offline_error(model_id) from error
@@ -340,6 +432,14 @@ def _rename(key: str, prefixes: list[tuple[str, str]], resnet_renames: list[tupl
                     key = key.replace(a, b)
             return key
     return key
+
+
+def original_unet_names(unet) -> dict[str, str]:
+    """Every UNet layer's name in the original (ldm / sgm) layout, by its diffusers name:
+    ``down_blocks.1.attentions.0.proj_in`` -> ``input_blocks.4.1.proj_in``, ``down_blocks.0.resnets.0.conv1`` -> ``input_blocks.1.0.in_layers.2``.
+    Kohya's SDXL LoRA files name layers this way."""
+    prefixes = _unet_prefix_map(unet.config)
+    return {name: _rename(name + ".", prefixes, _RESNET_RENAMES)[:-1] for name, _ in unet.named_modules() if name}
 
 
 def export_single_file(pipe: StableDiffusionPipeline, path: str | os.PathLike) -> Path:

@@ -6,6 +6,9 @@ folder or .zip>``, as the notebooks' setup cell does in Colab) finds the shipped
 photos where pip put them (``<prefix>/share/stylekit/data``) and writes to
 ``outputs/`` in the working directory. ``STYLEKIT_OUTPUTS`` moves the outputs
 elsewhere (for example to a Google Drive folder in Colab).
+
+What a profile makes (its datasets, adapters, comparisons and reports) lives under
+``outputs/<profile>/``, so a tiny run and an sd15 run side by side never mix.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import sysconfig
 from pathlib import Path
 
-__all__ = ["DATA_DIR", "NOTEBOOKS_DIR", "PHOTOS_DIR", "REPO_ROOT", "outputs_dir"]
+__all__ = ["DATA_DIR", "NOTEBOOKS_DIR", "PHOTOS_DIR", "REPO_ROOT", "outputs_dir", "profile_dir"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IN_CLONE = (REPO_ROOT / "pyproject.toml").is_file()  # False for a copy that pip installed into site-packages
@@ -27,5 +30,12 @@ def outputs_dir() -> Path:
     """The folder every run writes to (created if needed)."""
     default = REPO_ROOT / "outputs" if IN_CLONE else Path.cwd() / "outputs"
     path = Path(os.environ.get("STYLEKIT_OUTPUTS") or default)  # unset or empty: the default
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def profile_dir(profile: str) -> Path:
+    """The folder of one profile's datasets, adapters, comparisons and reports: ``outputs/<profile>`` (created if needed)."""
+    path = outputs_dir() / profile
     path.mkdir(parents=True, exist_ok=True)
     return path

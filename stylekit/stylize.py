@@ -21,17 +21,18 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from . import __version__
-from .adapters import adapter_file, find_adapter_file, load_adapter, set_adapter_weights
+from .adapters import AdapterMismatch, adapter_file, find_adapter_file, load_adapter, set_adapter_weights
 from .data import IMAGE_SUFFIXES, open_image, trigger_word
-from .models import load_pipeline
-from .paths import outputs_dir
-from .profiles import PROFILES
+from .models import decode_latents, encode_pixels, is_sdxl, load_pipeline, prediction_type, quiet_loading
+from .paths import profile_dir
+from .profiles import PROFILES, Profile
 
 __all__ = ["METHODS", "Recipe", "Stylizer", "blend", "find_styles", "read_recipe", "reproduce", "save_with_recipe"]
 
@@ -105,9 +106,9 @@ def blend(first: str, second: str | None = None, share: float = 0.0) -> dict[str
     return {first: 1.0 - share, second: share}
 
 
-def find_styles(folder: Path | None = None) -> dict[str, Path]:
-    """Trained adapters of any kind in ``outputs/loras`` (or ``folder``): style name -> adapter folder."""
-    folder = Path(folder) if folder else outputs_dir() / "loras"
+def find_styles(folder: Path | None = None, profile: str = "tiny") -> dict[str, Path]:
+    """Trained adapters of any kind in ``outputs/<profile>/loras`` (or ``folder``): style name -> adapter folder."""
+    folder = Path(folder) if folder else profile_dir(profile) / "loras"
     if not folder.is_dir():
         return {}
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and find_adapter_file(p)}
@@ -128,20 +129,33 @@ def working_size(width: int, height: int, resolution: int, multiple: int) -> tup
     return max(multiple, round(width * scale / multiple) * multiple), max(multiple, round(height * scale / multiple) * multiple)
 
 
+def profile_of(model: str, pipe) -> Profile:
+    """The profile whose settings suit ``model``: its own when it names one, else ``sdxl`` or ``sd15`` by the pipeline's layout."""
+    return PROFILES.get(model) or PROFILES["sdxl" if is_sdxl(pipe) else "sd15"]
+
+
 class Stylizer:
     """img2img with style adapters, loaded once and switched by weight.
 
     Args:
         model: a profile name (``"tiny"``, ``"sd15"``...), hub id or local model (see :func:`load_pipeline`).
-        styles_dir: where trained adapters are found (default ``outputs/loras``).
+        styles_dir: where trained adapters are found (default ``outputs/<profile>/loras``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        profile: the profile for a hub id or local model (default: ``sdxl`` or ``sd15`` by the model's layout).
+        safety_checker: run the model's NSFW checker (SD 1.5 ships one) on every result, whichever the method;
+            a flagged result comes back black. Off by default.
     """
 
-    def __init__(self, model: str = "tiny", styles_dir: Path | None = None, device: str = "auto"):
+    def __init__(
+        self, model: str = "tiny", styles_dir: Path | None = None, device: str = "auto", profile: str | None = None, safety_checker: bool = False
+    ):
         self.model = str(model)
-        self.profile = PROFILES.get(self.model, PROFILES["sd15"])
-        self.pipe = load_pipeline(self.model, task="img2img", device=device)
-        self.styles = find_styles(styles_dir)
+        self.pipe = load_pipeline(self.model, task="img2img", device=device, safety_checker=safety_checker)
+        self.profile = PROFILES[profile] if profile else profile_of(self.model, self.pipe)
+        self.checker = (self.pipe.components.get("safety_checker"), self.pipe.components.get("feature_extractor")) if safety_checker else None
+        if self.checker:
+            self.pipe.safety_checker = None  # run once, by check_safety, after either method
+        self.styles = find_styles(styles_dir, self.profile.name)
         self.loaded: set[str] = set()
         self.ddpm = DDPMScheduler.from_config(self.pipe.scheduler.config)  # the training noise schedule, for inversion
         unet_levels = len(self.pipe.unet.config.block_out_channels)
@@ -160,10 +174,21 @@ class Stylizer:
                 known = ", ".join(self.styles) or "none (train one in notebook 02)"
                 raise KeyError(f"no trained style {name!r}; styles found: {known}")
             if name not in self.loaded:
+                self._check_profile(name)
                 load_adapter(self.pipe, self.styles[name], adapter_name=name)
                 self.loaded.add(name)
         if self.loaded:
             set_adapter_weights(self.pipe, {name: weight * style_strength for name, weight in styles.items()})
+
+    def _check_profile(self, name: str) -> None:
+        """An adapter trained on another profile is refused by name, before its layers are compared."""
+        config = self.styles[name] / "config.json"
+        trained_on = json.loads(config.read_text()).get("profile") if config.exists() else None
+        if trained_on and trained_on != self.profile.name:
+            raise AdapterMismatch(
+                f"style {name!r} ({self.styles[name]}) was trained on the {trained_on!r} profile; this stylizer runs {self.profile.name!r} "
+                f"({self.model}). Train it again with profile={self.profile.name!r}, or stylize with Stylizer({trained_on!r})"
+            )
 
     def stylize(
         self,
@@ -232,56 +257,80 @@ class Stylizer:
             result = self._inversion(recipe, generator)
         else:
             self.activate(recipe.styles, recipe.style_strength)
-            result = self.pipe(
-                prompt=recipe.full_prompt,
-                negative_prompt=recipe.negative_prompt or None,
-                image=source,
-                strength=1.0 - recipe.content_strength,
-                num_inference_steps=recipe.steps,
-                guidance_scale=recipe.guidance,
-                generator=generator,
-            ).images[0]
-        return result.resize(tuple(recipe.size), Image.Resampling.LANCZOS)
+            with quiet_loading():  # SDXL's img2img upcasts its autoencoder itself, with a note each time
+                result = self.pipe(
+                    prompt=recipe.full_prompt,
+                    negative_prompt=recipe.negative_prompt or None,
+                    image=source,
+                    strength=1.0 - recipe.content_strength,
+                    num_inference_steps=recipe.steps,
+                    guidance_scale=recipe.guidance,
+                    generator=generator,
+                ).images[0]
+        return self.check_safety(result).resize(tuple(recipe.size), Image.Resampling.LANCZOS)
+
+    @torch.no_grad()
+    def check_safety(self, image: Image.Image) -> Image.Image:
+        """``image``, or a black image where the model's safety checker (when it was asked for) flags it."""
+        if not self.checker or self.checker[0] is None:
+            return image
+        checker, extractor = self.checker
+        features = extractor([image], return_tensors="pt").pixel_values.to(checker.device, checker.dtype)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)[None] / 255.0)
+        _, flagged = checker(images=pixels.numpy(), clip_input=features)
+        return Image.new("RGB", image.size) if flagged[0] else image
 
     # -- edit-friendly DDPM inversion ---------------------------------------------------------
 
-    @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:
-        """The photo's latents (posterior mean, scaled as the UNet expects)."""
-        vae = self.pipe.vae
-        pixels = self.pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
-        return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        """The photo's latents (posterior mean, scaled as the UNet expects), in the UNet's dtype."""
+        return encode_pixels(self.pipe.vae, self.pipe.image_processor.preprocess(image)).to(self.pipe.unet.dtype)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> Image.Image:
-        vae = self.pipe.vae
-        pixels = vae.decode(latents / vae.config.scaling_factor).sample
-        return self.pipe.image_processor.postprocess(pixels, output_type="pil")[0]
+        return self.pipe.image_processor.postprocess(decode_latents(self.pipe.vae, latents), output_type="pil")[0]
 
     def autoencode(self, image: Image.Image) -> Image.Image:
         """``image`` through the autoencoder alone: the most of a photo any method here can keep."""
         return self.decode(self.encode(image))
 
     @torch.no_grad()
-    def _prompt_embeddings(self, recipe: Recipe) -> torch.Tensor:
-        """The prompt's embeddings, the negative prompt's first when guidance is on (encoded once per pass)."""
+    def _conditioning(self, recipe: Recipe) -> dict:
+        """The UNet's keyword arguments for the prompt, the negative prompt's half first when guidance is on (encoded once per
+        pass). SDXL adds the pooled text and its size numbers (the working size, uncropped)."""
         guided = recipe.guidance > 1
-        positive, negative = self.pipe.encode_prompt(recipe.full_prompt, self.pipe.device, 1, guided, recipe.negative_prompt or None)
-        return torch.cat([negative, positive]) if guided else positive
+        with quiet_loading():
+            encoded = self.pipe.encode_prompt(
+                prompt=recipe.full_prompt,
+                device=self.pipe.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=guided,
+                negative_prompt=recipe.negative_prompt or None,
+            )
+        both = (lambda positive, negative: torch.cat([negative, positive]) if guided else positive)
+        kwargs = {"encoder_hidden_states": both(encoded[0], encoded[1])}
+        if is_sdxl(self.pipe):
+            width, height = recipe.work_size
+            sizes = torch.tensor([[height, width, 0, 0, height, width]] * (2 if guided else 1), device=self.pipe.device)
+            kwargs["added_cond_kwargs"] = {"text_embeds": both(encoded[2], encoded[3]), "time_ids": sizes}
+        return kwargs
 
     @torch.no_grad()
-    def _noise_prediction(self, latents, t: int, embeddings: torch.Tensor, guidance: float) -> torch.Tensor:
+    def _predicted_clean(self, latents, t: int, conditioning: dict, guidance: float) -> torch.Tensor:
+        """The UNet's estimate of the clean latents at step ``t`` (with classifier-free guidance), from epsilon or v."""
         if guidance <= 1:
-            return self.pipe.unet(latents, t, encoder_hidden_states=embeddings).sample
-        both = self.pipe.unet(torch.cat([latents, latents]), t, encoder_hidden_states=embeddings).sample
-        unconditional, conditional = both.chunk(2)
-        return unconditional + guidance * (conditional - unconditional)
+            prediction = self.pipe.unet(latents, t, **conditioning).sample
+        else:
+            unconditional, conditional = self.pipe.unet(torch.cat([latents, latents]), t, **conditioning).sample.chunk(2)
+            prediction = unconditional + guidance * (conditional - unconditional)
+        a = self.ddpm.alphas_cumprod.to(latents.device)[t]
+        if prediction_type(self.ddpm) == "v_prediction":
+            return a.sqrt() * latents - (1 - a).sqrt() * prediction
+        return (latents - (1 - a).sqrt() * prediction) / a.sqrt()
 
-    def _posterior_mean(self, latents, t: int, t_prev: int, noise) -> torch.Tensor:
-        """Mean of the DDPM step from ``t`` to ``t_prev`` (-1: the clean image) given the predicted noise."""
+    def _posterior_mean(self, latents, t: int, t_prev: int, x0) -> torch.Tensor:
+        """Mean of the DDPM step from ``t`` to ``t_prev`` (-1: the clean image) given the predicted clean latents."""
         alphas = self.ddpm.alphas_cumprod.to(latents.device)
         a, a_prev = alphas[t], (alphas[t_prev] if t_prev >= 0 else torch.ones((), device=latents.device))
-        x0 = (latents - (1 - a).sqrt() * noise) / a.sqrt()
         return (a_prev.sqrt() * (1 - a / a_prev) * x0 + (a / a_prev).sqrt() * (1 - a_prev) * latents) / (1 - a)
 
     def _inversion(self, recipe: Recipe, generator: torch.Generator) -> Image.Image:
@@ -290,8 +339,6 @@ class Stylizer:
         With style strength 0 the replay returns the photo's latents exactly, so the result
         is the autoencoder's reconstruction; the style changes only what the adapter changes.
         """
-        if "text_encoder_2" in self.pipe.components:
-            raise ValueError("method 'inversion' supports Stable Diffusion 1.x / 2.x pipelines; use method='img2img' with SDXL")
         self.ddpm.set_timesteps(recipe.steps)
         timesteps = self.ddpm.timesteps.tolist()[-denoising_steps(recipe) :]
         steps = list(zip(timesteps, timesteps[1:] + [-1]))
@@ -303,15 +350,15 @@ class Stylizer:
         }
         noisy[-1] = photo
         self.activate({}, 0.0)
-        base = (self._prompt_embeddings(recipe), recipe.guidance)  # encoded per pass: an adapter may reach the text encoder
+        base = (self._conditioning(recipe), recipe.guidance)  # encoded per pass: an adapter may reach the text encoder
         residuals = [
-            noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._noise_prediction(noisy[t], t, *base)) for t, t_prev in steps
+            noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._predicted_clean(noisy[t], t, *base)) for t, t_prev in steps
         ]
         self.activate(recipe.styles, recipe.style_strength)
-        styled = (self._prompt_embeddings(recipe), recipe.guidance)
+        styled = (self._conditioning(recipe), recipe.guidance)
         latents = noisy[timesteps[0]]
         for (t, t_prev), residual in zip(steps, residuals):
-            latents = self._posterior_mean(latents, t, t_prev, self._noise_prediction(latents, t, *styled)) + residual
+            latents = self._posterior_mean(latents, t, t_prev, self._predicted_clean(latents, t, *styled)) + residual
         return self.decode(latents)
 
     def stylize_folder(self, source: Path, target: Path, style, **settings) -> list[Path]:

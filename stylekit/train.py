@@ -2,15 +2,18 @@
 
     result = train_adapter(TrainConfig(name="anime", dataset="outputs/datasets/anime"))
 
-The VAE latents (and their mirror images) and the caption embeddings are
-computed once per dataset and cached on disk, so each step runs only the
-UNet. A checkpoint (adapter, optimizer, LR schedule, RNG, step) is written
+The VAE latents (and their mirror images) and the caption embeddings (for
+SDXL: both text encoders' states and the pooled embedding) are computed once
+per dataset and cached on disk, so each step runs only the UNet. SDXL's size
+conditioning (original size, crop, target size) comes with each image. The
+objective follows the model's scheduler: epsilon or v-prediction. A checkpoint (adapter, optimizer, LR schedule, RNG, step) is written
 atomically every ``checkpoint_every`` steps and a rerun with the same
 settings continues from it. Runs unchanged under ``accelerate launch``.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -26,6 +29,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from PIL import Image
@@ -34,8 +38,8 @@ from tqdm.auto import tqdm
 from .adapters import DIFFUSERS_WEIGHTS, AdapterSpec, attach_adapter, save_adapter, save_dtype, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
-from .models import as_task, load_pipeline, pick_device, tokenize
-from .paths import outputs_dir
+from .models import as_task, encode_pixels, is_sdxl, load_pipeline, pick_device, pick_mixed_precision, quiet_loading, text_encoders
+from .paths import outputs_dir, profile_dir
 from .plots import image_grid, loss_curve
 from .profiles import get_profile
 
@@ -63,9 +67,12 @@ class TrainConfig:
             (``constant``, ``constant_with_warmup``, ``cosine``, ``linear``).
         kind, rank, alpha, factor, conv, text_encoder_lora: the adapter (see :class:`AdapterSpec`):
             ``kind`` is one of ``lora``, ``dora``, ``locon``, ``loha``, ``lokr``, ``oft``, ``boft``.
-        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` (GPU; the CPU trains in fp32).
-        gradient_checkpointing: recompute activations to save memory on large UNets.
-        min_snr_gamma: min-SNR loss weighting (Hang et al. 2023); ``None`` turns it off.
+        resolution: training size in pixels (default: the profile's).
+        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (bf16 on GPUs that compute it natively,
+            compute capability 8.0 and newer, fp16 on others such as a T4); the CPU trains in fp32.
+        gradient_checkpointing: recompute activations to save memory on large UNets (turned on by itself when
+            the GPU has less free memory than the profile's ``checkpointing_below_gb``).
+        min_snr_gamma: min-SNR loss weighting (Hang et al. 2023), for epsilon- and v-prediction models; ``None`` turns it off.
         noise_offset: adds per-channel offset noise (helps very dark / bright styles).
         flip: also train on mirror images. caption_dropout: share of steps with the trigger only.
         paired: when the dataset pairs each styled image with its source photo (the demo sets do),
@@ -82,6 +89,7 @@ class TrainConfig:
     steps: int | None = None
     batch_size: int | None = None
     gradient_accumulation: int | None = None
+    resolution: int | None = None
     learning_rate: float | None = None
     lr_scheduler: str = "cosine"
     warmup_steps: int = 10
@@ -115,7 +123,8 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled in from the profile."""
-        defaults = get_profile(self.profile).train
+        profile = get_profile(self.profile)
+        defaults = profile.train
         filled = {
             name: getattr(defaults, name)
             for name in (
@@ -131,10 +140,12 @@ class TrainConfig:
             )
             if getattr(self, name) is None
         }
+        if self.resolution is None:
+            filled["resolution"] = profile.resolution
         if self.trigger is None:
             filled["trigger"] = trigger_word(self.name)
         if self.output_dir is None:
-            filled["output_dir"] = str(outputs_dir() / "loras")
+            filled["output_dir"] = str(profile_dir(self.profile) / "loras")
         return replace(self, **filled)
 
     def adapter(self) -> AdapterSpec:
@@ -154,7 +165,7 @@ class TrainResult:
     images_per_second: float
     resumed_from: int
     peak_memory_mb: float = float("nan")  # memory the training loop added (see MemoryMonitor)
-    pipeline: object = field(default=None, repr=False)  # the base pipeline with the trained adapter active
+    pipeline: object = field(default=None, repr=False)  # the trained pipeline, only with train_adapter(..., keep_pipeline=True)
 
 
 # ---------------------------------------------------------------------------
@@ -171,9 +182,12 @@ def _fingerprint(*modules) -> str:
     return digest.hexdigest()[:16]
 
 
+CACHE_FORMAT = "2"  # caption conditioning stored per kind (states, pooled)
+
+
 def cache_key(pipe, dataset: PreparedDataset, captions: list[str], flip: bool) -> str:
     """Changes whenever the model, the image content and sizes (source photos included), the captions or the flip setting change."""
-    digest = hashlib.sha256(_fingerprint(pipe.vae, pipe.text_encoder).encode())
+    digest = hashlib.sha256(_fingerprint(pipe.vae, *text_encoders(pipe)).encode() + CACHE_FORMAT.encode())
     for image in dataset.images + [source for source in dataset.sources if source is not None]:
         digest.update(f"{image.size}".encode())
         digest.update(hashlib.sha256(image.tobytes()).digest())
@@ -190,33 +204,46 @@ def _pixels(image) -> torch.Tensor:
 def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch.Tensor]:
     """Scaled posterior means of every image (and its mirror image), and of its source photo in a paired dataset."""
     latents = {}
-    vae = pipe.vae
     for index in tqdm(range(len(dataset)), desc="caching latents", leave=False):
         images = {"latent": dataset.images[index]}
         if dataset.sources and dataset.sources[index] is not None:
             images["source"] = dataset.sources[index]
         for kind, image in images.items():
-            pixels = _pixels(image).to(vae.device, vae.dtype)
-            variants = [pixels, pixels.flip(-1)] if flip else [pixels]
-            encoded = vae.encode(torch.cat(variants)).latent_dist.mean * vae.config.scaling_factor
-            latents[f"{kind}.{index}"] = encoded[0].float().cpu()
+            pixels = _pixels(image)
+            encoded = encode_pixels(pipe.vae, torch.cat([pixels, pixels.flip(-1)]) if flip else pixels).cpu()
+            latents[f"{kind}.{index}"] = encoded[0]
             if flip:
-                latents[f"{kind}_flip.{index}"] = encoded[1].float().cpu()
+                latents[f"{kind}_flip.{index}"] = encoded[1]
     return latents
 
 
+def caption_conditioning(pipe, captions: list[str]) -> dict[str, torch.Tensor]:
+    """What the UNet is conditioned on, per caption: the text encoder's states (SDXL: both encoders' penultimate
+    states side by side) and, for SDXL, the pooled embedding of its second encoder. Gradients flow (text-encoder LoRA)."""
+    with quiet_loading():
+        encoded = pipe.encode_prompt(
+            prompt=captions, device=pipe.text_encoder.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+    return {"states": encoded[0], "pooled": encoded[2]} if is_sdxl(pipe) else {"states": encoded[0]}
+
+
 @torch.no_grad()
-def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
-    ids = tokenize(pipe.tokenizer, captions)
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device)).last_hidden_state.float().cpu()
+def encode_captions(pipe, captions: list[str]) -> dict[str, torch.Tensor]:
+    """:func:`caption_conditioning` of ``captions`` as float32 on the CPU, one stacked tensor per kind."""
+    return {kind: tensor.float().cpu() for kind, tensor in caption_conditioning(pipe, captions).items()}
+
+
+def _per_caption(captions: list[str], stacked: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    return {caption: {kind: tensor[i] for kind, tensor in stacked.items()} for i, caption in enumerate(captions)}
 
 
 def load_or_build_cache(
     pipe, dataset: PreparedDataset, flip: bool, cache_dir: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
-    """Latents per image and embeddings per distinct caption, from ``cache_dir`` when the key matches.
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], bool]:
+    """Latents per image and text conditioning per distinct caption, from ``cache_dir`` when the key matches.
 
-    Returns ``(latents, embeddings_by_caption, was_cached)``.
+    Returns ``(latents, conditioning_by_caption, was_cached)``; each caption's conditioning maps
+    ``"states"`` (and for SDXL ``"pooled"``) to a tensor.
     """
     captions = sorted({dataset.caption(i) for i in range(len(dataset))} | {dataset.trigger or ""})
     path = cache_dir / f"{cache_key(pipe, dataset, captions, flip)}.safetensors"
@@ -225,12 +252,12 @@ def load_or_build_cache(
         was_cached = True
     else:
         tensors = encode_images(pipe, dataset, flip)
-        tensors["captions"] = encode_captions(pipe, captions)
+        tensors.update({f"text.{kind}": tensor for kind, tensor in encode_captions(pipe, captions).items()})
         state = {"captions": captions}
         save_checkpoint(path, tensors, state)
         was_cached = False
-    embeddings = dict(zip(state["captions"], tensors.pop("captions")))
-    return tensors, embeddings, was_cached
+    text = {key.partition(".")[2]: tensors.pop(key) for key in [k for k in tensors if k.startswith("text.")]}
+    return tensors, _per_caption(state["captions"], text), was_cached
 
 
 # ---------------------------------------------------------------------------
@@ -238,13 +265,13 @@ def load_or_build_cache(
 # ---------------------------------------------------------------------------
 
 
-def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """Batches, noise and timesteps depend only on (seed, step, micro-batch): a resumed run replays them exactly."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """Batches, noise and timesteps depend only on (seed, step): a resumed run replays them exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009)
 
 
 def _global_batch(buckets: dict[tuple[int, int], list[int]], batch: int, flip: bool, generator) -> tuple[list[int], torch.Tensor]:
-    """Indices of one global micro-batch (all from one size bucket) and a mirror flag per item."""
+    """Indices of one step's items (all from one size bucket) and a mirror flag per item."""
     keys = sorted(buckets, key=lambda size: (size[1], size[0]))  # by height, then width
     weights = torch.tensor([len(buckets[k]) for k in keys], dtype=torch.float)
     bucket = buckets[keys[int(torch.multinomial(weights, 1, generator=generator))]]
@@ -253,57 +280,101 @@ def _global_batch(buckets: dict[tuple[int, int], list[int]], batch: int, flip: b
     return picks, mirrored
 
 
-def _noise_target(scheduler: DDPMScheduler, noisy, x0, noise, timesteps) -> torch.Tensor:
-    """The noise that, predicted at ``noisy``, makes the denoised estimate exactly ``x0``.
+def _prediction_target(scheduler: DDPMScheduler, noisy, x0, timesteps) -> torch.Tensor:
+    """What the UNet should predict at ``noisy`` so that its denoised estimate is exactly ``x0``.
 
-    For ordinary training ``noisy`` was made from ``x0`` and this is ``noise`` itself. For
-    pairs, ``noisy`` was made from the photo and ``x0`` is the styled image: the adapter
-    learns to turn a noisy photo into the style, which is what stylizing a photo asks of it.
+    For an epsilon model that is the noise: for ordinary training ``noisy`` was made from ``x0``
+    and this is the noise that was added. For pairs, ``noisy`` was made from the photo and ``x0``
+    is the styled image: the adapter learns to turn a noisy photo into the style, which is what
+    stylizing a photo asks of it. For a v-prediction model it is the velocity
+    ``sqrt(a) * noise - sqrt(1 - a) * x0`` of that same noise (what ``scheduler.get_velocity`` gives).
     """
     alphas = scheduler.alphas_cumprod.to(noisy.device)[timesteps].view(-1, 1, 1, 1)
-    return (noisy - alphas.sqrt() * x0) / (1 - alphas).sqrt()
+    noise = (noisy - alphas.sqrt() * x0) / (1 - alphas).sqrt()
+    if scheduler.config.prediction_type == "v_prediction":
+        return alphas.sqrt() * noise - (1 - alphas).sqrt() * x0
+    return noise
 
 
 def _snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Min-SNR weights: ``min(SNR, gamma) / SNR`` for epsilon, ``min(SNR, gamma) / (SNR + 1)`` for v-prediction.
+
+    A zero-terminal-SNR schedule (SNR 0 at the last step) gets weight 0 there for epsilon, 0 for v as well.
+    """
     if gamma is None:
         return torch.ones(len(timesteps))
     alphas = scheduler.alphas_cumprod[timesteps]
     snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
+    clipped = torch.clamp(snr, max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.zeros_like(snr))
 
 
-def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, buckets, step, micro, accelerator) -> torch.Tensor:
-    """The loss of this process's share of one global micro-batch."""
-    generator = _step_generator(cfg.seed, step, micro)
-    global_batch = cfg.batch_size * accelerator.num_processes
-    picks, mirrored = _global_batch(buckets, global_batch, cfg.flip, generator)
-    x0 = torch.stack([latents[f"latent_flip.{i}" if m else f"latent.{i}"] for i, m in zip(picks, mirrored.tolist())])
-    paired = cfg.paired and f"source.{picks[0]}" in latents
-    start = torch.stack([latents[f"source_flip.{i}" if m else f"source.{i}"] for i, m in zip(picks, mirrored.tolist())]) if paired else x0
-    noise = torch.randn(x0.shape, generator=generator)
+@dataclass
+class StepDraw:
+    """Everything one optimizer step trains on, for all processes and micro-batches together: image indices, mirror
+    flags, noise and timesteps. Drawn from (seed, step) alone, so batch 2 x accumulation 1, batch 1 x accumulation 2
+    and two processes of batch 1 train on exactly the same items."""
+
+    picks: list[int]
+    mirrored: list[bool]
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+    def share(self, micro: int, process: int, processes: int, batch: int) -> slice:
+        """The items of one process in one micro-batch."""
+        first = (micro * processes + process) * batch
+        return slice(first, first + batch)
+
+
+def _draw_step(cfg, scheduler, latents, buckets, step: int, processes: int) -> StepDraw:
+    generator = _step_generator(cfg.seed, step)
+    items = cfg.batch_size * processes * cfg.gradient_accumulation
+    picks, mirrored = _global_batch(buckets, items, cfg.flip, generator)
+    shape = (items, *latents[f"latent.{picks[0]}"].shape)
+    noise = torch.randn(shape, generator=generator)
     if cfg.noise_offset:
-        noise = noise + cfg.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=generator)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (global_batch,), generator=generator)
-    captions = [dataset.caption(i) for i in picks]
-    share = slice(accelerator.process_index * cfg.batch_size, (accelerator.process_index + 1) * cfg.batch_size)
+        noise = noise + cfg.noise_offset * torch.randn((*shape[:2], 1, 1), generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (items,), generator=generator)
+    return StepDraw(picks, mirrored.tolist(), noise, timesteps)
+
+
+def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, draw: StepDraw, micro, accelerator) -> torch.Tensor:
+    """The loss of this process's share of one micro-batch of the step's draw."""
+    share = draw.share(micro, accelerator.process_index, accelerator.num_processes, cfg.batch_size)
+    items = list(zip(draw.picks[share], draw.mirrored[share]))
+    x0 = torch.stack([latents[f"latent_flip.{i}" if m else f"latent.{i}"] for i, m in items])
+    paired = cfg.paired and f"source.{items[0][0]}" in latents
+    start = torch.stack([latents[f"source_flip.{i}" if m else f"source.{i}"] for i, m in items]) if paired else x0
+    size_ids = torch.tensor([dataset.windows[i].time_ids(dataset.images[i].size, m) for i, m in items])
     device = accelerator.device
-    x0, start, noise, timesteps = x0[share].to(device), start[share].to(device), noise[share].to(device), timesteps[share].to(device)
-    captions = captions[share]
-    if cfg.text_encoder_lora:
-        ids = tokenize(pipe.tokenizer, captions).to(device)
-        states = pipe.text_encoder(ids).last_hidden_state
-    else:
-        missing = [c for c in captions if c not in embeddings]
-        if missing:  # shuffled tags make new caption strings
-            embeddings.update(zip(missing, encode_captions(pipe, missing)))
-        states = torch.stack([embeddings[c] for c in captions]).to(device)
+    x0, start, noise, timesteps = x0.to(device), start.to(device), draw.noise[share].to(device), draw.timesteps[share].to(device)
+    text = _text_conditioning(cfg, pipe, embeddings, [dataset.caption(i) for i, _ in items], accelerator)
     noisy = scheduler.add_noise(start, noise, timesteps)
     with accelerator.autocast():
-        prediction = unet(noisy, timesteps, encoder_hidden_states=states).sample
-    per_item = F.mse_loss(prediction.float(), _noise_target(scheduler, noisy, x0, noise, timesteps).float(), reduction="none").mean(
-        dim=(1, 2, 3)
-    )
+        prediction = unet(noisy, timesteps, **_unet_conditioning(text, size_ids.to(device))).sample
+    target = _prediction_target(scheduler, noisy, x0, timesteps)
+    per_item = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_item * _snr_weights(scheduler, timesteps.cpu(), cfg.min_snr_gamma).to(device)).mean()
+
+
+def _text_conditioning(cfg, pipe, embeddings, captions: list[str], accelerator) -> dict[str, torch.Tensor]:
+    """The captions' conditioning on the training device: from the cache, or through the text encoders when they train."""
+    if cfg.text_encoder_lora:
+        with accelerator.autocast():
+            return caption_conditioning(pipe, captions)
+    missing = sorted({c for c in captions if c not in embeddings})
+    if missing:  # shuffled tags make new caption strings
+        embeddings.update(_per_caption(missing, encode_captions(pipe, missing)))
+    return {kind: torch.stack([embeddings[c][kind] for c in captions]).to(accelerator.device) for kind in embeddings[captions[0]]}
+
+
+def _unet_conditioning(text: dict[str, torch.Tensor], size_ids: torch.Tensor) -> dict:
+    """The UNet's keyword arguments: the text states, and for SDXL the pooled text and the six size numbers per image."""
+    if "pooled" not in text:
+        return {"encoder_hidden_states": text["states"]}
+    return {"encoder_hidden_states": text["states"], "added_cond_kwargs": {"text_embeds": text["pooled"], "time_ids": size_ids}}
 
 
 def _save_training_state(path, params, named, optimizer, lr_scheduler, step, losses) -> None:
@@ -368,46 +439,76 @@ def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.
     return images
 
 
-def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train one style adapter as described by ``config``; resumes from its checkpoint if there is one."""
-    cfg = config.resolved()
-    resolution = get_profile(cfg.profile).resolution
+def training_precision(requested: str) -> str:
+    """The mixed precision a run uses: ``"no"`` on the CPU (it trains in fp32), else ``requested`` with ``"auto"`` resolved."""
+    return "no" if pick_device().type == "cpu" else pick_mixed_precision(requested)
+
+
+def _fresh_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for this run. accelerate keeps one state per process; a second training in the same kernel
+    (with another precision, say) starts from a clean one instead of failing with "already initialized"."""
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     on_cpu = pick_device().type == "cpu"  # cpu=True also makes several launched CPU processes one DDP group
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision="no" if on_cpu else cfg.mixed_precision, cpu=on_cpu
-    )
+    return Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=training_precision(cfg.mixed_precision), cpu=on_cpu)
+
+
+def _checkpointing(cfg: TrainConfig) -> bool:
+    """Gradient checkpointing as configured, or turned on because the GPU has less free memory than batch training needs."""
+    threshold = get_profile(cfg.profile).train.checkpointing_below_gb
+    if cfg.gradient_checkpointing or not threshold or not torch.cuda.is_available():
+        return cfg.gradient_checkpointing
+    free_gb = torch.cuda.mem_get_info()[0] / 2**30
+    if free_gb < threshold:
+        print(f"{cfg.name}: {free_gb:.1f} GB of GPU memory free (batch training without checkpointing wants {threshold:g}): checkpointing on")
+        return True
+    return False
+
+
+def free_memory() -> None:
+    """Give back what a finished run held: Python garbage first, then the CUDA allocator's cache."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: bool = False) -> TrainResult:
+    """Train one style adapter as described by ``config``; resumes from its checkpoint if there is one.
+
+    The pipeline is released when training ends (several styles in a row then fit on one GPU);
+    ``keep_pipeline=True`` returns it in :attr:`TrainResult.pipeline`, with the trained adapter active.
+    """
+    cfg = config.resolved()
+    accelerator = _fresh_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     pipe = load_pipeline(
         cfg.model or cfg.profile,
         device=str(accelerator.device),
         dtype="fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision,
     )
-    report = check_dataset(cfg.dataset, min_size=resolution // 2)
-    dataset = prepare_dataset(report, resolution, trigger=cfg.trigger, caption_dropout=cfg.caption_dropout, seed=cfg.seed)
+    report = check_dataset(cfg.dataset, min_size=cfg.resolution // 2)
+    dataset = prepare_dataset(report, cfg.resolution, trigger=cfg.trigger, caption_dropout=cfg.caption_dropout, seed=cfg.seed)
     latents, embeddings, _ = load_or_build_cache(pipe, dataset, cfg.flip, outputs_dir() / "cache")
     data_key = cache_key(pipe, dataset, dataset.captions, cfg.flip)
 
-    attach_adapter(pipe.unet, pipe.text_encoder, cfg.adapter())
-    if cfg.gradient_checkpointing:
+    encoders = text_encoders(pipe)
+    attach_adapter(pipe.unet, encoders, cfg.adapter())
+    if _checkpointing(cfg):
         pipe.unet.enable_gradient_checkpointing()
-    named = [
-        n
-        for n, p in list(pipe.unet.named_parameters()) + [("te." + n, p) for n, p in pipe.text_encoder.named_parameters()]
-        if p.requires_grad
-    ]
-    params = trainable_parameters(pipe.unet, pipe.text_encoder)
+    named = [n for n, p in _named_parameters(pipe.unet, encoders) if p.requires_grad]
+    params = trainable_parameters(pipe.unet, *encoders)
     for p in params:
         p.data = p.data.float()  # adapters train in fp32 even when the base runs in half precision
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # keeps the model's prediction type and zero-terminal-SNR setting
 
     run_dir = Path(cfg.output_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_run(run_dir, cfg, data_key, accelerator)
     start, losses = _resume(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler)
-    photo = center_square(load_photos(split="held_out")[0].image, resolution)
+    photo = center_square(load_photos(split="held_out")[0].image, cfg.resolution)
 
     buckets = dataset.buckets()  # item indices by image size, fixed for the run
     unet.train()
@@ -424,11 +525,12 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
         for step in bar:
             dataset.epoch = step
             step_loss = 0.0
+            draw = _draw_step(cfg, scheduler, latents, buckets, step, accelerator.num_processes)
             for micro in range(cfg.gradient_accumulation):
                 sync = micro == cfg.gradient_accumulation - 1
                 with nullcontext() if sync else accelerator.no_sync(unet):
-                    loss = _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, buckets, step, micro, accelerator)
-                    accelerator.backward(loss / cfg.gradient_accumulation)
+                    loss = _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, draw, micro, accelerator)
+                    accelerator.backward(loss)  # accelerate divides by the accumulation steps itself
                 step_loss += accelerator.reduce(loss.detach(), reduction="mean").item() / cfg.gradient_accumulation
             if not math.isfinite(step_loss):
                 raise TrainingDiverged(
@@ -442,6 +544,8 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
             losses.append(step_loss)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
             done = step + 1
+            if done == start + ESTIMATE_AFTER and accelerator.is_main_process:
+                _print_estimate(cfg, done - start, time.perf_counter() - started, accelerator.num_processes)
             if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 _save_training_state(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler, done, losses)
             if accelerator.is_main_process and cfg.validation_every and done % cfg.validation_every == 0 and done < cfg.steps:
@@ -453,7 +557,34 @@ def train_adapter(config: TrainConfig, progress: bool = True) -> TrainResult:
     if accelerator.is_main_process:
         files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, seconds, memory.peak_mb)
     trained = (cfg.steps - start) * cfg.batch_size * cfg.gradient_accumulation * accelerator.num_processes
-    return TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, memory.peak_mb, pipe)
+    result = TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, memory.peak_mb)
+    if keep_pipeline:
+        result.pipeline = pipe
+    else:
+        del pipe, unet, optimizer, params, latents, embeddings
+        accelerator.free_memory()
+        free_memory()
+    return result
+
+
+ESTIMATE_AFTER = 10  # steps timed before the estimate of the time left is printed
+
+
+def _print_estimate(cfg: TrainConfig, steps: int, seconds: float, processes: int) -> None:
+    """One line with the measured speed and the time left, for runs long enough to need it (over a minute left)."""
+    left = seconds / steps * (cfg.steps - steps)
+    if left > 60:
+        images = steps * cfg.batch_size * cfg.gradient_accumulation * processes
+        print(f"{cfg.name}: {images / seconds:.1f} images/s over the first {steps} steps; about {left / 60:.0f} min left", flush=True)
+
+
+def _named_parameters(unet, encoders: list) -> list[tuple[str, torch.nn.Parameter]]:
+    """The UNet's parameters and the text encoders' (``te.``, ``te2.``), with names for checkpoints."""
+    named = list(unet.named_parameters())
+    for number, encoder in enumerate(encoders, 1):
+        prefix = "te." if number == 1 else f"te{number}."
+        named += [(prefix + n, p) for n, p in encoder.named_parameters()]
+    return named
 
 
 class MemoryMonitor:
@@ -515,9 +646,9 @@ def _write_outputs(
         "batch_size": cfg.batch_size,
         "gradient_accumulation": cfg.gradient_accumulation,
         "seed": cfg.seed,
-        "resolution": get_profile(cfg.profile).resolution,
+        "resolution": cfg.resolution,
     }
-    files = save_adapter(pipe.unet, pipe.text_encoder, cfg.adapter(), run_dir, cfg.name, info, precision=cfg.save_precision)
+    files = save_adapter(pipe, cfg.adapter(), run_dir, cfg.name, info, precision=cfg.save_precision)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     record = {
         "losses": losses,
@@ -540,10 +671,9 @@ def before_after_grid(results: dict[str, TrainResult]):
     from .adapters import load_adapter, set_adapter_weights
 
     configs = {name: TrainConfig(**json.loads((r.folder / "config.json").read_text())) for name, r in results.items()}
-    first = next(iter(configs.values()))
+    first = next(iter(configs.values())).resolved()
     pipe = load_pipeline(first.model or first.profile)
-    resolution = get_profile(first.profile).resolution
-    photo = center_square(load_photos(split="held_out")[0].image, resolution)
+    photo = center_square(load_photos(split="held_out")[0].image, first.resolution)
     for name, result in results.items():
         load_adapter(pipe, result.folder, adapter_name=name)
     set_adapter_weights(pipe, {})
@@ -561,10 +691,10 @@ def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> d
 
     Lets any later notebook run on its own. Returns style -> adapter folder.
     """
-    datasets = ensure_demo_sets(styles, get_profile(profile).resolution, seed)
+    datasets = ensure_demo_sets(styles, profile, seed)
     folders = {}
     for style in styles:
-        folder = outputs_dir() / "loras" / style
+        folder = profile_dir(profile) / "loras" / style
         if not (folder / DIFFUSERS_WEIGHTS).exists():
             train_adapter(TrainConfig(name=style, dataset=str(datasets[style]), profile=profile, seed=seed))
         folders[style] = folder

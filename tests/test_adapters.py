@@ -31,7 +31,7 @@ def trained(anime_set, tmp_path_factory):
         patch.setenv("STYLEKIT_OUTPUTS", str(outputs))
         for kind in KINDS:
             config = TrainConfig(name=f"style_{kind}", dataset=str(anime_set), kind=kind, steps=4, learning_rate=5e-3, conv=True)
-            results[kind] = train_adapter(config, progress=False)
+            results[kind] = train_adapter(config, progress=False, keep_pipeline=True)
     return results
 
 

@@ -40,7 +40,7 @@ def _adapter_tensors(folder, name):
 
 def test_both_files_load_back_with_identical_output(anime_set, outputs):
     result = train_adapter(
-        TrainConfig(name="anime", dataset=str(anime_set), steps=6, learning_rate=5e-3, checkpoint_every=3), progress=False
+        TrainConfig(name="anime", dataset=str(anime_set), steps=6, learning_rate=5e-3, checkpoint_every=3), progress=False, keep_pipeline=True
     )
     in_memory = _image(result.pipeline)
     base = _image(load_pipeline("tiny"))
@@ -87,14 +87,14 @@ def test_killed_run_resumes_to_the_same_weights(anime_set, tmp_path):
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
 
     victim = _train_cli(anime_set, tmp_path / "b", "anime")
-    checkpoint = tmp_path / "b" / "loras" / "anime" / CHECKPOINT
+    checkpoint = tmp_path / "b" / "tiny" / "loras" / "anime" / CHECKPOINT
     kill_once_written(victim, checkpoint)
     _, state = load_checkpoint(checkpoint)
     assert 0 < state["step"] < 30, "the kill must land mid-run for this test to mean anything"
 
     resumed = _train_cli(anime_set, tmp_path / "b", "anime")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
-    a, b = _adapter_tensors(tmp_path / "a" / "loras" / "anime", "anime"), _adapter_tensors(tmp_path / "b" / "loras" / "anime", "anime")
+    a, b = _adapter_tensors(tmp_path / "a" / "tiny" / "loras" / "anime", "anime"), _adapter_tensors(tmp_path / "b" / "tiny" / "loras" / "anime", "anime")
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6, err_msg=key)
@@ -124,7 +124,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(anime_se
     )
     with pytest.raises(TrainingDiverged, match="loss became .* at step .*Lower the learning rate"):
         train_adapter(config, progress=False)
-    _, state = load_checkpoint(outputs / "loras" / "exploding" / CHECKPOINT)
+    _, state = load_checkpoint(outputs / "tiny" / "loras" / "exploding" / CHECKPOINT)
     assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
 
 
@@ -136,7 +136,8 @@ def test_a_checkpoint_is_only_resumed_by_the_same_run(anime_set, outputs):
 
 @pytest.mark.parametrize("options", [{"kind": "dora"}, {"text_encoder_lora": True, "conv": True}])
 def test_adapter_options_train_and_reload(anime_set, outputs, options):
-    result = train_adapter(TrainConfig(name="variant", dataset=str(anime_set), steps=3, learning_rate=5e-3, **options), progress=False)
+    config = TrainConfig(name="variant", dataset=str(anime_set), steps=3, learning_rate=5e-3, **options)
+    result = train_adapter(config, progress=False, keep_pipeline=True)
     in_memory = _image(result.pipeline)
     pipe = load_pipeline("tiny")
     load_adapter(pipe, result.folder, "variant")
@@ -190,7 +191,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, t
     ]
     result = subprocess.run(launch, env=env, timeout=600, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = _adapter_tensors(tmp_path / "one" / "loras" / "ddp", "ddp"), _adapter_tensors(tmp_path / "two" / "loras" / "ddp", "ddp")
+    one, two = _adapter_tensors(tmp_path / "one" / "tiny" / "loras" / "ddp", "ddp"), _adapter_tensors(tmp_path / "two" / "tiny" / "loras" / "ddp", "ddp")
     # DDP averages the two halves' gradients: the same update as one process on the whole batch, up to float32 summation order
     for key in one:
         np.testing.assert_allclose(one[key].numpy(), two[key].numpy(), atol=1e-4, err_msg=key)
@@ -199,14 +200,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, t
 def test_pairs_teach_the_change_from_photo_to_style(anime_set, outputs):
     from diffusers import DDPMScheduler
 
-    from stylekit.train import _noise_target
+    from stylekit.train import _prediction_target
 
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     photo, styled, noise = torch.randn(3, 2, 4, 8, 8).unbind(0)
     t = torch.tensor([10, 700])
     noisy = scheduler.add_noise(photo, noise, t)
-    torch.testing.assert_close(_noise_target(scheduler, noisy, photo, noise, t), noise, atol=1e-4, rtol=1e-4)  # unpaired: plain noise
-    target = _noise_target(scheduler, noisy, styled, noise, t)
+    torch.testing.assert_close(_prediction_target(scheduler, noisy, photo, t), noise, atol=1e-4, rtol=1e-4)  # unpaired: plain noise
+    target = _prediction_target(scheduler, noisy, styled, t)
     alphas = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     torch.testing.assert_close((noisy - (1 - alphas).sqrt() * target) / alphas.sqrt(), styled, atol=1e-4, rtol=1e-4)
 
