@@ -144,12 +144,14 @@ def _vae_precision(vae):
     """Run an fp16 VAE that its config says to upcast (SDXL's: it overflows to NaN in fp16) in fp32, then put it back."""
     upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
     if upcast:
-        vae.to(torch.float32)
+        with quiet_loading():  # diffusers notes every such cast
+            vae.to(torch.float32)
     try:
         yield vae.dtype
     finally:
         if upcast:
-            vae.to(torch.float16)
+            with quiet_loading():
+                vae.to(torch.float16)
 
 
 @torch.no_grad()
