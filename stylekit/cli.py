@@ -5,12 +5,12 @@ stylekit run                                    every notebook, in order, on the
 stylekit run 02_lora_training -p profile sd15   one notebook with a parameter
 stylekit run -f params.yaml                     parameters from a YAML file
 stylekit data check FOLDER                      validate a style dataset (exit 1 if unusable)
-stylekit data demo                              build the demo style sets in outputs/datasets
+stylekit data demo                              build the demo style sets in outputs/<profile>/datasets
 stylekit train DATASET --name NAME [options]    train one style adapter (also under `accelerate launch`)
 stylekit train DATASET --name NAME --kind loha  the same with a LyCORIS kind (locon, loha, lokr, oft, boft)
 stylekit stylize PHOTO OUT.png --style NAME     stylize a photo (or a folder) with trained styles
 stylekit reproduce IMAGE.png AGAIN.png          make a saved image again from its recipe
-stylekit eval                                   score every trained style and kind; outputs/reports/evaluation.md
+stylekit eval                                   score every trained style and kind; outputs/<profile>/reports/evaluation.md
 stylekit serve                                  the stylizer as a web page on localhost
 """
 
@@ -195,10 +195,16 @@ def _parse_styles(values: list[str]) -> dict[str, float]:
 
 
 def command_stylize(args) -> int:
+    """Under ``accelerate launch`` the processes split a folder's photos, each on its own device."""
+    from accelerate import PartialState
+
     from .data import open_image
+    from .models import pick_device
     from .stylize import Stylizer, save_with_recipe
 
-    stylizer = Stylizer(args.model, profile=args.profile, safety_checker=args.safety_checker)
+    state = PartialState(cpu=pick_device().type == "cpu")
+    device = str(state.device) if state.num_processes > 1 else "auto"
+    stylizer = Stylizer(args.model, device=device, profile=args.profile, safety_checker=args.safety_checker)
     settings = dict(
         style_strength=args.style_strength,
         content_strength=args.content_strength,
@@ -210,8 +216,8 @@ def command_stylize(args) -> int:
     )
     styles = _parse_styles(args.style)
     if args.input.is_dir():
-        written = stylizer.stylize_folder(args.input, args.output, styles, **settings)
-        print(f"{len(written)} image(s) written to {args.output}")
+        written = stylizer.stylize_folder(args.input, args.output, styles, share=(state.process_index, state.num_processes), **settings)
+        print(f"{len(written)} image(s) written to {args.output}" + (f" by process {state.process_index}" if state.num_processes > 1 else ""))
     else:
         image, recipe = stylizer.stylize(open_image(args.input), styles, **settings)
         print(save_with_recipe(image, recipe, args.output))
@@ -297,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--min-size", type=int, default=64, help="smallest accepted side in pixels (default 64)")
     check.set_defaults(handler=command_data_check)
     demo = data.add_parser("demo", help="build one dataset per demo style from the shipped photos and scenes")
-    demo.add_argument("--out", type=Path, help="default: outputs/datasets")
+    demo.add_argument("--out", type=Path, help="default: outputs/<profile>/datasets")
     demo.add_argument("--styles", nargs="+", help="default: all demo styles")
     demo.add_argument("--count", type=int, default=DEMO_COUNT, help="images per style")
     demo.add_argument("--profile", choices=list(PROFILES), default="tiny", help="whose datasets: outputs/PROFILE/datasets (default tiny)")
@@ -310,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one style adapter on a dataset folder (see stylekit.train.TrainConfig)")
     train.add_argument("dataset", help="dataset folder")
-    train.add_argument("--name", required=True, help="style name; results go to outputs/loras/NAME")
+    train.add_argument("--name", required=True, help="style name; results go to outputs/<profile>/loras/NAME")
     _add_dataclass_options(train, TrainConfig, skip={"name", "dataset"}, choices={"kind": KINDS, "save_precision": SAVE_PRECISIONS})
     train.set_defaults(handler=command_train)
 
@@ -340,12 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     again.set_defaults(handler=command_reproduce)
 
     evaluation = sub.add_parser(
-        "eval", help="score every trained style and kind on the held-out photos; write outputs/reports/evaluation.md"
+        "eval", help="score every trained style and kind on the held-out photos; write outputs/<profile>/reports/evaluation.md"
     )
     evaluation.add_argument("--profile", default="tiny")
     evaluation.add_argument("--styles", nargs="+", help="default: all demo styles (trained first if missing)")
     evaluation.add_argument("--kinds", action=argparse.BooleanOptionalAction, default=True, help="include the comparison's adapter kinds")
-    evaluation.add_argument("--report-dir", type=Path, help="default: outputs/reports")
+    evaluation.add_argument("--report-dir", type=Path, help="default: outputs/<profile>/reports")
     evaluation.set_defaults(handler=command_eval)
 
     serve = sub.add_parser("serve", help="serve the stylizer (notebook 04) as a web page on localhost")

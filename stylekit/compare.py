@@ -6,7 +6,7 @@
     comparison.grid("coffee")   # one held-out photo through every kind at every multiplier
 
 Each kind is trained fresh, in its own process (so that its peak memory is its
-own), into ``outputs/comparison/<style>/<kind>/``; earlier results there are
+own), into ``outputs/<profile>/comparison/<style>/<kind>/``; earlier results there are
 replaced, so the timings are this run's. Then every
 held-out photo is stylized at each multiplier and scored with
 :mod:`stylekit.metrics`. Results are written beside the adapters as

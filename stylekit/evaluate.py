@@ -4,7 +4,7 @@
     evaluation.table()             # one row per system: style and content scores, and the verdict
     evaluation.sweep_charts()      # each score against style strength and against content strength
     evaluation.tradeoff_chart()    # content kept against style gained
-    evaluation.write_report()      # outputs/reports/evaluation.md with CSV and PNG files beside it
+    evaluation.write_report()      # outputs/<profile>/reports/evaluation.md with CSV and PNG files beside it
 
 A *system* is one way of stylizing for a style: ``<style>/base`` is the base
 model with the same prompt (trigger words included) and no adapter, the

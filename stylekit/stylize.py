@@ -361,15 +361,19 @@ class Stylizer:
             latents = self._posterior_mean(latents, t, t_prev, self._predicted_clean(latents, t, *styled)) + residual
         return self.decode(latents)
 
-    def stylize_folder(self, source: Path, target: Path, style, **settings) -> list[Path]:
-        """Stylize every image in ``source`` into ``target`` (PNG with recipe), with a progress bar."""
+    def stylize_folder(self, source: Path, target: Path, style, share: tuple[int, int] = (0, 1), **settings) -> list[Path]:
+        """Stylize every image in ``source`` into ``target`` (PNG with recipe), with a progress bar.
+
+        ``share=(index, count)``: this process's part when ``count`` processes split the folder (every count-th photo).
+        """
         source, target = Path(source), Path(target)
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"no images in {source}")
         target.mkdir(parents=True, exist_ok=True)
+        index, count = share
         written = []
-        for path in tqdm(files, desc="stylizing"):
+        for path in tqdm(files[index::count], desc="stylizing" if count == 1 else f"stylizing, process {index + 1} of {count}"):
             photo = open_image(path)
             image, recipe = self.stylize(photo, style, **settings)
             written.append(save_with_recipe(image, recipe, target / f"{path.stem}.png"))

@@ -1,6 +1,6 @@
 """Training one style adapter: cached latents, accelerate, checkpoints, resume.
 
-    result = train_adapter(TrainConfig(name="anime", dataset="outputs/datasets/anime"))
+    result = train_adapter(TrainConfig(name="anime", dataset="outputs/<profile>/datasets/anime"))
 
 The VAE latents (and their mirror images) and the caption embeddings (for
 SDXL: both text encoders' states and the pooled embedding) are computed once
@@ -57,7 +57,7 @@ class TrainConfig:
     """Everything that defines a training run; ``None`` means "the profile's default".
 
     Args:
-        name: the style's name; results go to ``outputs/loras/<name>/``.
+        name: the style's name; results go to ``outputs/<profile>/loras/<name>/``.
         dataset: a dataset folder (see :mod:`stylekit.data`).
         profile: ``"tiny"``, ``"sd15"`` or ``"sdxl"``: base model, resolution and defaults.
         model: another base model (hub id, folder, single file) at the profile's settings.

@@ -169,3 +169,25 @@ def test_cli_stylizes_a_folder_and_reproduces(trained_outputs, tmp_path, capsys)
     assert [p.name for p in written] == ["chelsea.png", "coffee.png"]
     assert main(["reproduce", str(written[0]), str(tmp_path / "again.png")]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(written[0])))
+
+
+def test_accelerate_launch_splits_a_folder_between_processes(trained_outputs, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in load_photos(split="held_out"):
+        p.image.save(folder / p.file_name)
+    stylize = ["-m", "stylekit", "stylize", str(folder), str(tmp_path / "split"), "--style", "watercolor", "--seed", "2"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--multi_gpu", *stylize]
+    env = dict(os.environ, STYLEKIT_OUTPUTS=str(trained_outputs), OMP_NUM_THREADS="1")
+    result = subprocess.run(launch, env=env, timeout=600, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("1 image(s) written") == 2, result.stdout  # one photo each
+    assert main(["stylize", str(folder), str(tmp_path / "single"), "--style", "watercolor", "--seed", "2"]) == 0
+    for name in ("chelsea.png", "coffee.png"):
+        split, single = (np.asarray(Image.open(tmp_path / run / name), dtype=np.int16) for run in ("split", "single"))
+        assert np.abs(split - single).max() <= 2, name
