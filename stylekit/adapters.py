@@ -72,6 +72,9 @@ KINDS = (*PEFT_KINDS, *LYCORIS_ALGOS)
 LYCORIS_PREFIX = "lora_unet"  # key prefix that AUTOMATIC1111 and ComfyUI expect for UNet layers
 LYCORIS_MODULE = "lycoris"  # the trained LyCORIS network is registered on the UNet under this name
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipeline's attribute for each text encoder, in order
+# names files use beside kohya's: LyCORIS names SDXL's UNet layers by their diffusers names too, and some SD 1.x files call
+# their one text encoder lora_te1
+FILE_ALIASES = {"unet": LYCORIS_PREFIX, "text_encoder": "lora_te1"}
 # lycoris keeps its preset on the class: every preset stylekit applies starts from this empty one
 EMPTY_PRESET = {
     "target_module": [],
@@ -280,7 +283,9 @@ def _stored(tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
 
 
-def save_adapter(pipe, spec: AdapterSpec, folder: Path, name: str, training_info: dict | None = None, precision: str = "fp16") -> dict[str, Path]:
+def save_adapter(
+    pipe, spec: AdapterSpec, folder: Path, name: str, training_info: dict | None = None, precision: str = "fp16"
+) -> dict[str, Path]:
     """Write the files of the adapter trained on ``pipe`` into ``folder``; returns their paths by format.
 
     The kohya and LyCORIS files (for AUTOMATIC1111 and ComfyUI) are stored in ``precision``:
@@ -407,15 +412,14 @@ def _is_lycoris_file(path: Path) -> bool:
 
 def _layer_index(pipe) -> dict[str, torch.nn.Module]:
     """Every layer of the UNet and text encoders under the names adapter files use: diffusers (``unet.down_blocks...``),
-    kohya (:func:`kohya_layer_names`; ``lora_te1_`` is also read for a single text encoder) and LyCORIS (``lora_unet_down_blocks_...``)."""
+    kohya (:func:`kohya_layer_names`) and the other names files carry (:data:`FILE_ALIASES`)."""
     index = {}
     for component, names in kohya_layer_names(pipe).items():
         for name, layer in getattr(pipe, component).named_modules():
             if name:
-                flat = name.replace(".", "_")
-                alias = f"{LYCORIS_PREFIX}_{flat}" if component == "unet" else f"lora_te1_{flat}" if component == "text_encoder" else None
-                index.update({f"{component}.{name}": layer, names[name]: layer, alias: layer})
-    index.pop(None, None)
+                index[f"{component}.{name}"] = index[names[name]] = layer
+                if component in FILE_ALIASES:
+                    index[f"{FILE_ALIASES[component]}_{name.replace('.', '_')}"] = layer
     return index
 
 

@@ -217,7 +217,9 @@ def command_stylize(args) -> int:
     styles = _parse_styles(args.style)
     if args.input.is_dir():
         written = stylizer.stylize_folder(args.input, args.output, styles, share=(state.process_index, state.num_processes), **settings)
-        print(f"{len(written)} image(s) written to {args.output}" + (f" by process {state.process_index}" if state.num_processes > 1 else ""))
+        print(
+            f"{len(written)} image(s) written to {args.output}" + (f" by process {state.process_index}" if state.num_processes > 1 else "")
+        )
     else:
         image, recipe = stylizer.stylize(open_image(args.input), styles, **settings)
         print(save_with_recipe(image, recipe, args.output))
@@ -335,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stylize.add_argument("--model", default="tiny", help="profile, hub id or local model (default tiny)")
     stylize.add_argument(
-        "--profile", choices=list(PROFILES), default=None, help="settings and styles for a hub id or folder (default: sdxl or sd15 by its layout)"
+        "--profile",
+        choices=list(PROFILES),
+        default=None,
+        help="settings and styles for a hub id or folder (default: sdxl or sd15 by its layout)",
     )
     stylize.add_argument("--safety-checker", action="store_true", help="run the model's NSFW checker on every result (both methods)")
     stylize.set_defaults(handler=command_stylize)

@@ -147,12 +147,19 @@ class Stylizer:
     """
 
     def __init__(
-        self, model: str = "tiny", styles_dir: Path | None = None, device: str = "auto", profile: str | None = None, safety_checker: bool = False
+        self,
+        model: str = "tiny",
+        styles_dir: Path | None = None,
+        device: str = "auto",
+        profile: str | None = None,
+        safety_checker: bool = False,
     ):
         self.model = str(model)
         self.pipe = load_pipeline(self.model, task="img2img", device=device, safety_checker=safety_checker)
         self.profile = PROFILES[profile] if profile else profile_of(self.model, self.pipe)
-        self.checker = (self.pipe.components.get("safety_checker"), self.pipe.components.get("feature_extractor")) if safety_checker else None
+        self.checker = (
+            (self.pipe.components.get("safety_checker"), self.pipe.components.get("feature_extractor")) if safety_checker else None
+        )
         if self.checker:
             self.pipe.safety_checker = None  # run once, by check_safety, after either method
         self.styles = find_styles(styles_dir, self.profile.name)
@@ -306,7 +313,10 @@ class Stylizer:
                 do_classifier_free_guidance=guided,
                 negative_prompt=recipe.negative_prompt or None,
             )
-        both = (lambda positive, negative: torch.cat([negative, positive]) if guided else positive)
+
+        def both(positive, negative):
+            return torch.cat([negative, positive]) if guided else positive
+
         kwargs = {"encoder_hidden_states": both(encoded[0], encoded[1])}
         if is_sdxl(self.pipe):
             width, height = recipe.work_size

@@ -450,7 +450,9 @@ def _fresh_accelerator(cfg: TrainConfig) -> Accelerator:
     AcceleratorState._reset_state()
     GradientState._reset_state()
     on_cpu = pick_device().type == "cpu"  # cpu=True also makes several launched CPU processes one DDP group
-    return Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=training_precision(cfg.mixed_precision), cpu=on_cpu)
+    return Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=training_precision(cfg.mixed_precision), cpu=on_cpu
+    )
 
 
 def _checkpointing(cfg: TrainConfig) -> bool:
@@ -460,7 +462,9 @@ def _checkpointing(cfg: TrainConfig) -> bool:
         return cfg.gradient_checkpointing
     free_gb = torch.cuda.mem_get_info()[0] / 2**30
     if free_gb < threshold:
-        print(f"{cfg.name}: {free_gb:.1f} GB of GPU memory free (batch training without checkpointing wants {threshold:g}): checkpointing on")
+        print(
+            f"{cfg.name}: {free_gb:.1f} GB of GPU memory free (batch training without checkpointing wants {threshold:g}): checkpointing on"
+        )
         return True
     return False
 

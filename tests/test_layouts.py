@@ -66,7 +66,10 @@ def _unet_output(pipe) -> torch.Tensor:
     extra = {}
     if pipe.unet.config.addition_embed_type == "text_time":
         pooled = torch.randn(1, pipe.text_encoder_2.config.projection_dim, generator=generator)
-        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]])}
+        extra["added_cond_kwargs"] = {
+            "text_embeds": pooled,
+            "time_ids": torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]]),
+        }
     with torch.no_grad():
         return pipe.unet(latents, torch.tensor([500]), encoder_hidden_states=states, **extra).sample
 
@@ -165,7 +168,9 @@ def test_gradient_accumulation_matches_a_larger_batch(folders, dataset, outputs,
     monkeypatch.setattr(train_module.Accelerator, "clip_grad_norm_", record)
     for name, batch, accumulation in (("big", 2, 1), ("accumulated", 1, 2)):
         gradients.append([])
-        config = _config("sd15", folders["sd15"], dataset, name, steps=1, batch_size=batch, gradient_accumulation=accumulation, trigger="anime")
+        config = _config(
+            "sd15", folders["sd15"], dataset, name, steps=1, batch_size=batch, gradient_accumulation=accumulation, trigger="anime"
+        )
         train_adapter(config, progress=False)
     big, accumulated = gradients[0][0], gradients[1][0]
     assert big.abs().max() > 0
@@ -239,7 +244,10 @@ def test_cli_trains_and_stylizes_a_local_sdxl_folder(folders, dataset, outputs, 
     Image.new("RGB", (80, 64), (20, 150, 90)).save(photo)
     for method in ("img2img", "inversion"):
         target = tmp_path / f"{method}.png"
-        assert main(["stylize", str(photo), str(target), "--style", "xl", "--model", str(folders["sdxl"]), "--method", method, "--steps", "4"]) == 0
+        assert (
+            main(["stylize", str(photo), str(target), "--style", "xl", "--model", str(folders["sdxl"]), "--method", method, "--steps", "4"])
+            == 0
+        )
         assert Image.open(target).size == (80, 64)
 
 
@@ -282,3 +290,30 @@ def test_hub_loads_the_fp16_variant_where_there_is_one(monkeypatch):
     calls.clear()
     models._from_pretrained("org/model", torch_dtype=torch.float32)
     assert calls == [None]
+
+
+def test_safety_checker_when_asked_judges_both_methods_alike(folders, dataset, outputs):
+    """A flagged result comes back black by img2img and by inversion alike (the checker stands in for SD 1.5's)."""
+    train_adapter(_config("sd15", folders["sd15"], dataset, "checked"), progress=False)
+    seen = []
+
+    class Extractor:
+        def __call__(self, images, return_tensors):
+            return type("Features", (), {"pixel_values": torch.zeros(len(images), 3, 8, 8)})()
+
+    class Checker:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def __call__(self, images, clip_input):
+            seen.append(images.shape)
+            return images, [True] * len(images)
+
+    stylizer = Stylizer(str(folders["sd15"]), device="cpu")
+    photo = Image.new("RGB", (64, 64), (200, 120, 40))
+    unchecked = stylizer.stylize(photo, "checked", steps=4, content_strength=0.5)[0]
+    assert np.asarray(unchecked).max() > 0 and not seen  # off by default
+    stylizer.checker = (Checker(), Extractor())
+    for method in ("img2img", "inversion"):
+        image = stylizer.stylize(photo, "checked", method=method, steps=4, content_strength=0.5)[0]
+        assert np.asarray(image).max() == 0, method
+    assert len(seen) == 2

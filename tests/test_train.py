@@ -40,7 +40,9 @@ def _adapter_tensors(folder, name):
 
 def test_both_files_load_back_with_identical_output(anime_set, outputs):
     result = train_adapter(
-        TrainConfig(name="anime", dataset=str(anime_set), steps=6, learning_rate=5e-3, checkpoint_every=3), progress=False, keep_pipeline=True
+        TrainConfig(name="anime", dataset=str(anime_set), steps=6, learning_rate=5e-3, checkpoint_every=3),
+        progress=False,
+        keep_pipeline=True,
     )
     in_memory = _image(result.pipeline)
     base = _image(load_pipeline("tiny"))
@@ -94,7 +96,10 @@ def test_killed_run_resumes_to_the_same_weights(anime_set, tmp_path):
 
     resumed = _train_cli(anime_set, tmp_path / "b", "anime")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
-    a, b = _adapter_tensors(tmp_path / "a" / "tiny" / "loras" / "anime", "anime"), _adapter_tensors(tmp_path / "b" / "tiny" / "loras" / "anime", "anime")
+    a, b = (
+        _adapter_tensors(tmp_path / "a" / "tiny" / "loras" / "anime", "anime"),
+        _adapter_tensors(tmp_path / "b" / "tiny" / "loras" / "anime", "anime"),
+    )
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6, err_msg=key)
@@ -191,7 +196,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, t
     ]
     result = subprocess.run(launch, env=env, timeout=600, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = _adapter_tensors(tmp_path / "one" / "tiny" / "loras" / "ddp", "ddp"), _adapter_tensors(tmp_path / "two" / "tiny" / "loras" / "ddp", "ddp")
+    one, two = (
+        _adapter_tensors(tmp_path / "one" / "tiny" / "loras" / "ddp", "ddp"),
+        _adapter_tensors(tmp_path / "two" / "tiny" / "loras" / "ddp", "ddp"),
+    )
     # DDP averages the two halves' gradients: the same update as one process on the whole batch, up to float32 summation order
     for key in one:
         np.testing.assert_allclose(one[key].numpy(), two[key].numpy(), atol=1e-4, err_msg=key)
