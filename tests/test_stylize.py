@@ -68,8 +68,8 @@ def test_inversion_with_the_adapter_off_returns_the_autoencoders_copy(stylizer, 
 @pytest.mark.parametrize(("content", "runs"), [(0.8, 4), (0.9, 2), (0.85, 3)])
 def test_content_strength_sets_the_inversion_steps_exactly(stylizer, photo, monkeypatch, content, runs):
     calls = []
-    predict = stylizer._noise_prediction
-    monkeypatch.setattr(stylizer, "_noise_prediction", lambda *args: calls.append(args[1]) or predict(*args))
+    predict = stylizer._predicted_clean
+    monkeypatch.setattr(stylizer, "_predicted_clean", lambda *args: calls.append(args[1]) or predict(*args))
     stylizer.stylize(photo, "anime", content_strength=content, steps=20, method="inversion")
     assert len(calls) == 2 * runs  # the recording pass with the base model, then the replay with the style
 
