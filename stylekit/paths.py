@@ -35,7 +35,5 @@ def outputs_dir() -> Path:
 
 
 def profile_dir(profile: str) -> Path:
-    """The folder of one profile's datasets, adapters, comparisons and reports: ``outputs/<profile>`` (created if needed)."""
-    path = outputs_dir() / profile
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The folder of one profile's datasets, adapters, comparisons and reports: ``outputs/<profile>`` (made by what writes there)."""
+    return outputs_dir() / profile
