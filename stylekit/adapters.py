@@ -370,14 +370,15 @@ def _kohya_metadata(pipe, spec: AdapterSpec, name: str, info: dict) -> dict[str,
         module, args = "lycoris.kohya", {"algo": LYCORIS_ALGOS[spec.kind], "conv_dim": spec.rank if spec.conv else 0, "factor": spec.factor}
     else:
         module, args = "networks.lora", {"conv": spec.conv, "dora": spec.kind == "dora"}
+    version = base_model_version(pipe)
     metadata = {
         "ss_output_name": name,
         "ss_network_module": module,
         "ss_network_dim": str(spec.rank),
         "ss_network_alpha": str(spec.alpha),
         "ss_network_args": json.dumps(args),
-        "ss_base_model_version": base_model_version(pipe),
-        "ss_v2": str(base_model_version(pipe) == "sd_v2"),
+        "ss_base_model_version": version,
+        "ss_v2": str(version == "sd_v2"),
         "ss_v_parameterization": str(pipe.scheduler.config.get("prediction_type") == "v_prediction"),
         "ss_training_comment": "trained with stylekit",
         "stylekit_adapter": json.dumps(asdict(spec)),

@@ -165,6 +165,7 @@ class Stylizer:
         self.styles = find_styles(styles_dir, self.profile.name)
         self.loaded: set[str] = set()
         self.ddpm = DDPMScheduler.from_config(self.pipe.scheduler.config)  # the training noise schedule, for inversion
+        self.prediction = prediction_type(self.ddpm)  # what the UNet's output means: epsilon or velocity
         unet_levels = len(self.pipe.unet.config.block_out_channels)
         self.multiple = self.pipe.vae_scale_factor * 2 ** (unet_levels - 1)
 
@@ -283,8 +284,8 @@ class Stylizer:
             return image
         checker, extractor = self.checker
         features = extractor([image], return_tensors="pt").pixel_values.to(checker.device, checker.dtype)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)[None] / 255.0)
-        _, flagged = checker(images=pixels.numpy(), clip_input=features)
+        pixels = np.asarray(image, dtype=np.float32)[None] / 255.0
+        _, flagged = checker(images=pixels, clip_input=features)
         return Image.new("RGB", image.size) if flagged[0] else image
 
     # -- edit-friendly DDPM inversion ---------------------------------------------------------
@@ -333,7 +334,7 @@ class Stylizer:
             unconditional, conditional = self.pipe.unet(torch.cat([latents, latents]), t, **conditioning).sample.chunk(2)
             prediction = unconditional + guidance * (conditional - unconditional)
         a = self.ddpm.alphas_cumprod.to(latents.device)[t]
-        if prediction_type(self.ddpm) == "v_prediction":
+        if self.prediction == "v_prediction":
             return a.sqrt() * latents - (1 - a).sqrt() * prediction
         return (latents - (1 - a).sqrt() * prediction) / a.sqrt()
 
