@@ -10,6 +10,9 @@
 2. Training speed: stylekit's trainer against a plain loop that encodes every batch (what
    diffusers' LoRA example does), at the sd15 profile's defaults (batch 4, no checkpointing), and at the old ones (batch 1 x accumulation 4, checkpointing).
 3. Stylization: seconds per image with two adapters loaded against plain diffusers img2img.
+4. The layout tests (``tests/test_layouts.py``: SD 1.5 and SDXL layouts, every kind trained,
+   reloaded in stylekit and diffusers and stylized by both methods, kohya names, accumulation,
+   two precisions, v-prediction) run on this device, where training picks it and its precision.
 
 Prints a table and appends it to ``benchmarks/RESULTS.md``.
 """
@@ -17,6 +20,9 @@ Prints a table and appends it to ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -233,6 +239,17 @@ def stylize_rows(model: Path, work: Path, photo, repeats: int = 3) -> list[str]:
     ]
 
 
+def layout_test_rows() -> list[str]:
+    """``tests/test_layouts.py`` on this machine (on a GPU, training runs there in its mixed precision)."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layouts.py", "-k", "not profiles_keep"]
+    run = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    failures = re.findall(r"^FAILED (\S+)", run.stdout, flags=re.MULTILINE)
+    summary = (run.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+    print(run.stdout[-4000:], run.stderr[-2000:])
+    return [f"| tests/test_layouts.py on {DEVICE} | {summary} |", *(f"| failed | {name} |" for name in failures)]
+
+
 def _seconds(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -248,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SHAPES), default="sd15" if CUDA else "mini")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: 20 on sd15, 2 on mini)")
+    parser.add_argument("--no-layout-tests", action="store_true", help="skip section 4 (about 8 minutes on a 2-core CPU)")
     args = parser.parse_args(argv)
     from stylekit.data import build_demo_sets, load_photos
 
@@ -276,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         *stylize_rows(model, work, photo),
         "",
     ]
+    if not args.no_layout_tests:
+        lines += ["| layout tests | result |", "| --- | --- |", *layout_test_rows(), ""]
     publish(lines)
 
 

@@ -510,12 +510,39 @@ def trigger_word(style: str) -> str:
     return style.replace("_", " ")
 
 
+MAX_UPSCALE = 2.0  # a demo set enlarges a photo crop at most this much; smaller photos are left out
+
+
 def photo_crop(image: Image.Image, resolution: int, rng: random.Random) -> Image.Image:
-    """A random square window of 35-100 % of the photo's short side, at ``resolution`` (mirrored half the time)."""
-    side = int(min(image.size) * rng.uniform(0.35, 1.0))
+    """A random square window of 35-100 % of the photo's short side, at ``resolution`` (mirrored half the time).
+
+    The window is never smaller than ``resolution / MAX_UPSCALE``, so a crop is enlarged at most that much.
+    """
+    smallest = min(1.0, max(0.35, resolution / (MAX_UPSCALE * min(image.size))))
+    side = int(min(image.size) * rng.uniform(smallest, 1.0))
     left, top = rng.randint(0, image.width - side), rng.randint(0, image.height - side)
     crop = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
     return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+
+
+def demo_photos(resolution: int) -> list[Photo]:
+    """The training photos large enough for demo sets at ``resolution`` (short side at least ``resolution / MAX_UPSCALE``)."""
+    return [p for p in load_photos(split="train") if min(p.image.size) * MAX_UPSCALE >= resolution]
+
+
+def demo_photo_note(resolution: int) -> str | None:
+    """A sentence on photos enlarged or left out of demo sets at ``resolution``; None when every photo is large enough."""
+    photos, usable = load_photos(split="train"), demo_photos(resolution)
+    enlarged = [p for p in usable if min(p.image.size) < resolution]
+    if not enlarged and len(usable) == len(photos):
+        return None
+    if not usable:
+        return f"demo sets at {resolution} px: the shipped photos (at most 256 px) are too small, so every image is a procedural scene"
+    return (
+        f"demo sets at {resolution} px: {len(usable)} of {len(photos)} training photos are used, "
+        f"{len(enlarged)} of them enlarged up to {MAX_UPSCALE:g}x (the shipped photos are at most 256 px); "
+        f"{len(photos) - len(usable)} smaller ones are left out; scenes are drawn at {resolution} px"
+    )
 
 
 DEMO_COUNT = 400  # images per demo set: with 48, adapters learned the few training photos' colours, not the style
@@ -543,11 +570,12 @@ def demo_content(
     """Content images with captions: mostly crops of the training photos (users bring photos), the rest procedural scenes.
 
     ``photo_share`` of the images are photo crops, taken from the training photos in turn
-    at random scales and places; held-out photos are never used.
+    at random scales and places; held-out photos are never used, nor photos that would be
+    enlarged more than ``MAX_UPSCALE`` times (at 1024 px none is large enough: all scenes).
     """
     rng = random.Random(seed)
-    photos = load_photos(split="train")
-    crops = round(count * photo_share)
+    photos = demo_photos(resolution)
+    crops = round(count * photo_share) if photos else 0
     content = [(photo_crop(photos[i % len(photos)].image, resolution, rng), photos[i % len(photos)].caption) for i in range(crops)]
     content = [(recolor(image, rng) if rng.random() < recolor_share else image, caption) for image, caption in content]
     scene_seed = 500_000 + seed  # away from the seeds the base model was pretrained on
@@ -591,5 +619,9 @@ def ensure_demo_sets(styles: list[str], profile: str = "tiny", seed: int = 0) ->
     datasets = profile_dir(profile) / "datasets"
     missing = [s for s in styles if not (datasets / s / METADATA).exists()]
     if missing:
-        build_demo_sets(datasets, missing, resolution=get_profile(profile).resolution, seed=seed)
+        resolution = get_profile(profile).resolution
+        note = demo_photo_note(resolution)
+        if note:
+            print(note)
+        build_demo_sets(datasets, missing, resolution=resolution, seed=seed)
     return {style: datasets / style for style in styles}

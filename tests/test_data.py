@@ -198,6 +198,28 @@ def test_demo_sets_are_reproducible_and_valid(tmp_path):
     assert sum("photo" in c for c in captions) == 9  # three quarters photo crops: users bring photos
 
 
+def test_demo_sets_at_sd15_size_use_only_photos_large_enough(monkeypatch, capsys):
+    """At 512 px a photo is enlarged at most twice: smaller photos are left out, and the run says so."""
+    from stylekit import data
+
+    enlarged = []
+    real_crop = data.photo_crop
+
+    def recording_crop(image, resolution, rng):
+        crop = real_crop(image, resolution, rng)
+        enlarged.append(resolution / min(image.size))
+        return crop
+
+    monkeypatch.setattr(data, "photo_crop", recording_crop)
+    content = data.demo_content(16, 512)
+    assert all(image.size == (512, 512) for image, _ in content)
+    assert enlarged and max(enlarged) <= data.MAX_UPSCALE
+    assert {caption for _, caption in content[:12]} <= {p.caption for p in data.demo_photos(512)}
+    assert len(data.demo_photos(512)) < len(data.demo_photos(64))
+    assert "left out" in data.demo_photo_note(512) and data.demo_photo_note(64) is None
+    assert "procedural scene" in data.demo_photo_note(1024) and not data.demo_photos(1024)
+
+
 def test_demo_sets_pair_each_image_with_its_source_photo(tmp_path):
     from stylekit.synth import apply_style
 

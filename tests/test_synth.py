@@ -88,3 +88,24 @@ def test_3d_is_lit_from_the_top_left():
 def test_unknown_style_is_a_clear_error(photo):
     with pytest.raises(KeyError, match="unknown demo style"):
         synth.apply_style("cubism", photo)
+
+
+@pytest.mark.parametrize("name", list(synth.STYLES))
+def test_filters_scale_with_the_image(name):
+    """At 512 px a filter changes a photo as it does at 64 px: its result, shrunk to 64 px, is close to the 64 px result.
+
+    The same filter with its 64 px sizes (scale 1) on the 512 px photo is at least twice as far.
+    """
+    from stylekit.data import center_square
+
+    def shrunk(image):
+        return _array(image.resize((64, 64), Image.Resampling.BOX))
+
+    scaled_gap, unscaled_gap = [], []
+    for photo in [p.image for p in load_photos()][:4]:
+        small, large = center_square(photo, 64), center_square(photo, 512)
+        assert synth.filter_scale(large) == 8 and synth.filter_scale(small) == 1
+        at_64 = _array(synth.apply_style(name, small))
+        scaled_gap.append(np.abs(shrunk(synth.apply_style(name, large)) - at_64).mean())
+        unscaled_gap.append(np.abs(shrunk(synth.apply_style(name, large, scale=1)) - at_64).mean())
+    assert 2 * np.mean(scaled_gap) < np.mean(unscaled_gap)
