@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from .adapters import KINDS
 from .data import center_square, ensure_demo_sets, load_photos, trigger_word
@@ -37,6 +36,7 @@ from .plots import Table, image_grid
 from .profiles import get_profile
 from .stylize import Stylizer
 from .synth import STYLES, apply_style
+from .progress import progress_bar
 
 STEPS_DONE = re.compile(r"training [^:]*:.*?(\d+)/(\d+) \[")  # the trainer's bar: "training lora:  45%|...| 134/300 ["
 
@@ -163,7 +163,7 @@ def stored_parameters(path: Path) -> int:
     return int(sum(np.prod(shape) for shape in shapes if shape))
 
 
-def _run_with_progress(command: list[str], bar: tqdm) -> tuple[int, str]:
+def _run_with_progress(command: list[str], bar) -> tuple[int, str]:
     """Run ``command``, moving ``bar`` with the steps its own progress bar reports; returns the exit code and its last messages."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tail = ""
@@ -182,7 +182,7 @@ def _train_kind(config: ComparisonConfig, kind: str, dataset: Path, folder: Path
     command += ["--seed", str(config.seed), "--trigger", trigger_word(config.style), "--output-dir", str(folder)]
     command += ["--conv" if config.conv else "--no-conv", "--checkpoint-every", str(10**6)]  # final checkpoint only
     command += [item for name, value in options.items() if value is not None for item in (f"--{name}", str(value))]
-    with tqdm(total=config.steps or get_profile(config.profile).train.steps, desc=f"training {kind}", disable=not progress) as bar:
+    with progress_bar(total=config.steps or get_profile(config.profile).train.steps, desc=f"training {kind}", disable=not progress) as bar:
         returncode, messages = _run_with_progress(command, bar)
     if returncode != 0:
         raise RuntimeError(f"training {kind} failed:\n{messages}")

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageFilter
-from tqdm.auto import tqdm
 
 from .data import center_square, load_photos
 from .metrics import StyleReference, availability, is_monotonic, judge_check, mean_by, score, strength_sweep, write_csv
@@ -39,6 +38,7 @@ from .profiles import get_profile
 from .stylize import Stylizer, find_styles
 from .synth import STYLES, apply_style
 from .train import ensure_trained
+from .progress import progress_bar
 
 __all__ = ["EvalConfig", "Evaluation", "System", "evaluate"]
 
@@ -436,7 +436,7 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
     systems = find_systems(config, loras)
     stylizers = {folder: Stylizer(config.profile, styles_dir=folder) for folder in dict.fromkeys(s.styles_dir for s in systems)}
     scores, sweeps, images = [], [], {}
-    for system in tqdm(systems, desc="evaluating", disable=not progress):
+    for system in progress_bar(systems, desc="evaluating", disable=not progress):
         stylizer = stylizers[system.styles_dir]
         strength = 0.0 if system.kind == "base" else 1.0
         for name, photo in photos.items():

@@ -603,13 +603,13 @@ def strength_sweep(
     Returns one row per (photo, value) with every score, and the images by (photo name, value).
     ``settings`` go to :meth:`Stylizer.stylize` (the other strength, seed...).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     if axis not in ("style_strength", "content_strength"):
         raise ValueError(f"axis must be 'style_strength' or 'content_strength', not {axis!r}")
     rows, images = [], {}
     jobs = [(name, value) for name in photos for value in values]
-    for name, value in tqdm(jobs, desc=f"sweeping {style} over {axis.replace('_', ' ')}", disable=not progress, leave=False):
+    for name, value in progress_bar(jobs, desc=f"sweeping {style} over {axis.replace('_', ' ')}", disable=not progress, leave=False):
         stylized, _ = stylizer.stylize(photos[name], adapter or style, **{**settings, axis: value})
         images[(name, value)] = stylized
         target = targets.get(name) if targets else None

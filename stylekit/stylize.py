@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from PIL import Image, PngImagePlugin
-from tqdm.auto import tqdm
 
 from . import __version__
 from .adapters import AdapterMismatch, adapter_file, find_adapter_file, load_adapter, set_adapter_weights
@@ -33,6 +32,7 @@ from .data import IMAGE_SUFFIXES, open_image, trigger_word
 from .models import decode_latents, encode_pixels, is_sdxl, load_pipeline, prediction_type, quiet_loading
 from .paths import profile_dir
 from .profiles import PROFILES, Profile
+from .progress import progress_bar
 
 __all__ = ["METHODS", "Recipe", "Stylizer", "blend", "find_styles", "read_recipe", "reproduce", "save_with_recipe"]
 
@@ -384,7 +384,7 @@ class Stylizer:
         target.mkdir(parents=True, exist_ok=True)
         index, count = share
         written = []
-        for path in tqdm(files[index::count], desc="stylizing" if count == 1 else f"stylizing, process {index + 1} of {count}"):
+        for path in progress_bar(files[index::count], desc="stylizing" if count == 1 else f"stylizing, process {index + 1} of {count}"):
             photo = open_image(path)
             image, recipe = self.stylize(photo, style, **settings)
             written.append(save_with_recipe(image, recipe, target / f"{path.stem}.png"))

@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from tokenizers import pre_tokenizers
-from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from . import synth
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import load_photos
 from .models import pick_device, tokenize
+from .progress import progress_bar
 
 __all__ = ["TINY_MODEL_DIR", "PretrainConfig", "build_text_encoder", "build_tokenizer", "build_unet", "build_vae", "pretrain"]
 
@@ -266,7 +266,7 @@ def train_vae(vae: AutoencoderKL, pixels, is_photo, config: PretrainConfig, work
     ckpt = work / "vae_state.safetensors"
     start, losses = _resume_stage(ckpt, {"vae": vae}, optimizer)
     vae.train()
-    bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="autoencoder")
+    bar = progress_bar(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="autoencoder")
     for step in bar:
         generator = _step_generator(config.seed, 1, step)
         _set_lr(optimizer, config.vae_lr, step, config.vae_steps)
@@ -320,7 +320,7 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: Pretra
     start, losses = _resume_stage(ckpt, modules, optimizer)
     unet.train()
     text_encoder.train()
-    bar = tqdm(range(start, config.unet_steps), initial=start, total=config.unet_steps, desc="unet")
+    bar = progress_bar(range(start, config.unet_steps), initial=start, total=config.unet_steps, desc="unet")
     for step in bar:
         generator = _step_generator(config.seed, 2, step)
         _set_lr(optimizer, config.unet_lr, step, config.unet_steps)

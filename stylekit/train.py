@@ -33,7 +33,6 @@ from accelerate.state import AcceleratorState, GradientState
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .adapters import DIFFUSERS_WEIGHTS, AdapterSpec, attach_adapter, save_adapter, save_dtype, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
@@ -42,6 +41,7 @@ from .models import as_task, encode_pixels, is_sdxl, load_pipeline, pick_device,
 from .paths import outputs_dir, profile_dir
 from .plots import image_grid, loss_curve
 from .profiles import get_profile
+from .progress import progress_bar
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "before_after_grid", "ensure_trained", "train_adapter"]
 
@@ -204,7 +204,7 @@ def _pixels(image) -> torch.Tensor:
 def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch.Tensor]:
     """Scaled posterior means of every image (and its mirror image), and of its source photo in a paired dataset."""
     latents = {}
-    for index in tqdm(range(len(dataset)), desc="caching latents", leave=False):
+    for index in progress_bar(range(len(dataset)), desc="caching latents", leave=False):
         images = {"latent": dataset.images[index]}
         if dataset.sources and dataset.sources[index] is not None:
             images["source"] = dataset.sources[index]
@@ -517,13 +517,13 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     buckets = dataset.buckets()  # item indices by image size, fixed for the run
     unet.train()
     started = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         range(start, cfg.steps),
         initial=start,
         total=cfg.steps,
         desc=f"training {cfg.name}",
         disable=not (progress and accelerator.is_main_process),
-        mininterval=1.0,  # a notebook gets one widget update a second, not one a step (a flood drops the kernel's messages)
+        mininterval=1.0,  # one update a second, not one a step (a flood drops a kernel's messages)
     )
     with MemoryMonitor() as memory:  # what training adds on top of the loaded model and data
         for step in bar:
