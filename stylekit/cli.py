@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -140,7 +141,17 @@ def command_info(args) -> int:
     return 0
 
 
+def _missing_notebook_stack(module: str, command: str) -> bool:
+    """True (after saying how to install it) when the Jupyter extra that ``command`` needs is not installed."""
+    if importlib.util.find_spec(module) is not None:
+        return False
+    print(f"stylekit {command} needs {module}, which the base install leaves out: pip install 'stylekit[notebooks]'", file=sys.stderr)
+    return True
+
+
 def command_run(args) -> int:
+    if _missing_notebook_stack("papermill", "run"):
+        return 1
     notebooks = find_notebooks(args.notebooks)
     if not notebooks:
         print("no notebooks to run", file=sys.stderr)
@@ -260,6 +271,8 @@ def command_eval(args) -> int:
 
 
 def command_serve(args) -> int:
+    if _missing_notebook_stack("voila", "serve"):
+        return 1
     print(f"stylizer ({args.profile}) on http://127.0.0.1:{args.port}/ (Ctrl+C stops it)", flush=True)
     return subprocess.call(serve_command(args.port), env={**os.environ, "STYLEKIT_PROFILE": args.profile})
 

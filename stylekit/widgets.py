@@ -23,6 +23,14 @@ __all__ = ["StudyApp", "StylizerApp"]
 NO_STYLE = "(none)"
 
 
+def _first_upload(value) -> tuple[bytes, str]:
+    """The first uploaded file's bytes and name: ipywidgets 8 gives a tuple of dicts, 7 (Colab's) a dict by name."""
+    if isinstance(value, dict):
+        name, item = next(iter(value.items()))
+        return bytes(item["content"]), name
+    return bytes(value[0]["content"]), value[0]["name"]
+
+
 def _png(image: Image.Image, size: int = 256) -> bytes:
     """PNG bytes of ``image`` scaled so its long side is ``size`` (crisp nearest-neighbour for tiny images)."""
     scale = size / max(image.size)
@@ -85,8 +93,7 @@ class StylizerApp:
     def photo(self) -> Image.Image:
         """The uploaded photo, or the chosen sample."""
         if self.upload.value:
-            upload = self.upload.value[0]
-            return decode_image(bytes(upload["content"]), upload["name"])
+            return decode_image(*_first_upload(self.upload.value))
         return self.samples[self.sample.value]
 
     def show_photo(self) -> None:

@@ -27,11 +27,26 @@ def _normalise(requirement: str) -> tuple[str, SpecifierSet]:
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     # the installed metadata is built from pyproject.toml
     requirements = importlib.metadata.requires("stylekit")
-    wanted = {_normalise(r.split(";")[0]) for r in requirements if "extra" not in r or 'extra == "test"' in r}
+    extras = ('extra == "notebooks"', 'extra == "test"')
+    wanted = {
+        _normalise(r.split(";")[0])
+        for r in requirements
+        if ("extra" not in r or any(e in r for e in extras)) and not r.startswith("stylekit")
+    }
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_normalise(r) for r in pip_section if not r.startswith("-e")}
     assert listed == wanted
+
+
+def test_the_base_install_leaves_colabs_jupyter_alone():
+    """Colab pins its own kernel: the base install holds what the notebooks import, the Jupyter server stack is an extra."""
+    requirements = importlib.metadata.requires("stylekit")
+    base = {Requirement(r).name.lower() for r in requirements if "extra" not in r}
+    notebooks = {Requirement(r.split(";")[0]).name.lower() for r in requirements if 'extra == "notebooks"' in r}
+    server_stack = {"jupyterlab", "voila", "nbval", "papermill", "ipykernel"}
+    assert not base & server_stack and server_stack <= notebooks
+    assert "ipywidgets" in base and "stylekit[notebooks]" in (ROOT / "scripts" / "setup.sh").read_text() + str(requirements)
 
 
 def test_ci_runs_the_readme_test_command():

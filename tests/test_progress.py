@@ -1,6 +1,7 @@
 """Progress bars leave their final line in a saved notebook, and nbval reads a first and a last line alike."""
 
 import re
+from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
@@ -16,7 +17,7 @@ for _ in progress_bar(range(5), desc="caching latents", leave=False):
 
 def _sanitize(text: str) -> str:
     """The rules of tests/nbval_sanitize.cfg, in their order."""
-    rules = re.findall(r"^regex: (.*)\nreplace: (.*)$", open("tests/nbval_sanitize.cfg").read(), flags=re.MULTILINE)
+    rules = re.findall(r"^regex: (.*)\nreplace: (.*)$", (Path(__file__).with_name("nbval_sanitize.cfg")).read_text(), flags=re.MULTILINE)
     for pattern, replacement in rules:
         text = re.sub(pattern, replacement, text)
     return text

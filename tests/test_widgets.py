@@ -73,3 +73,13 @@ def test_live_update_on_slider_release(app):
     app.style_strength.value = 1.0  # released: the image is made again
     assert app.after.value != first
     app.live.value = False
+
+
+def test_an_upload_reads_as_ipywidgets_7_gives_it():
+    """Colab ships ipywidgets 7, whose FileUpload value is a dict by file name."""
+    from stylekit.widgets import _first_upload
+
+    content = b"\x89PNG..."
+    seven = {"red.png": {"metadata": {"name": "red.png", "type": "image/png"}, "content": memoryview(content)}}
+    eight = ({"name": "red.png", "type": "image/png", "content": memoryview(content)},)
+    assert _first_upload(seven) == _first_upload(eight) == (content, "red.png")
