@@ -351,12 +351,23 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
     device = accelerator.device
     x0, start, noise, timesteps = x0.to(device), start.to(device), draw.noise[share].to(device), draw.timesteps[share].to(device)
     text = _text_conditioning(cfg, pipe, embeddings, [dataset.caption(i) for i, _ in items], accelerator)
-    noisy = scheduler.add_noise(start, noise, timesteps)
     with accelerator.autocast():
-        prediction = unet(noisy, timesteps, **_unet_conditioning(text, size_ids.to(device))).sample
+        return denoising_loss(unet, scheduler, start, x0, noise, timesteps, _unet_conditioning(text, size_ids.to(device)), cfg.min_snr_gamma)
+
+
+def denoising_loss(unet, scheduler, start, x0, noise, timesteps, conditioning: dict, min_snr_gamma: float | None = None) -> torch.Tensor:
+    """One batch's training loss: noise ``start`` to ``timesteps``, let the UNet predict, compare with the target.
+
+    ``start`` is what gets noised and ``x0`` what the prediction must lead to: the same latents in
+    ordinary training, the photo and its styled image for pairs (see :func:`_prediction_target`).
+    ``conditioning`` holds the UNet's text inputs (``encoder_hidden_states``, and SDXL's
+    ``added_cond_kwargs``). Mean squared error per item, min-SNR weighted when ``min_snr_gamma`` is set.
+    """
+    noisy = scheduler.add_noise(start, noise, timesteps)
+    prediction = unet(noisy, timesteps, **conditioning).sample
     target = _prediction_target(scheduler, noisy, x0, timesteps)
     per_item = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_item * _snr_weights(scheduler, timesteps.cpu(), cfg.min_snr_gamma).to(device)).mean()
+    return (per_item * _snr_weights(scheduler, timesteps.cpu(), min_snr_gamma).to(per_item.device)).mean()
 
 
 def _text_conditioning(cfg, pipe, embeddings, captions: list[str], accelerator) -> dict[str, torch.Tensor]:

@@ -66,11 +66,14 @@ def _setup_cell(notebook: Path) -> str:
     return next("".join(c["source"]) for c in cells if c["cell_type"] == "code")
 
 
-def test_every_notebook_starts_with_the_same_setup_cell_and_asks_colab_for_a_gpu():
+def test_every_notebook_starts_with_the_same_setup_cell_and_only_training_ones_ask_colab_for_a_gpu():
     notebooks = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
     cells = {_setup_cell(nb) for nb in notebooks}
-    assert len(notebooks) == 5 and len(cells) == 1 and 'STYLEKIT_SOURCE = ""' in cells.pop()
-    assert all(json.loads(nb.read_text())["metadata"]["accelerator"] == "GPU" for nb in notebooks)
+    assert len(notebooks) == 6 and len(cells) == 1
+    cell = cells.pop()
+    assert 'STYLEKIT_SOURCE = ""' in cell and "USE_DRIVE" in cell and "STYLEKIT_OUTPUTS" in cell
+    asks = {nb.name[:2]: json.loads(nb.read_text())["metadata"].get("accelerator") == "GPU" for nb in notebooks}
+    assert asks == {"00": False, "01": False, "02": True, "03": True, "04": True, "05": True}
     assert "github.com/stylekit" not in (ROOT / "README.md").read_text()
 
 
