@@ -38,8 +38,10 @@ def image_grid(
     images enlarged pixel for pixel. Returns the matplotlib figure (``plots.show`` or ``fig.savefig``).
     """
     tile_inches = max(tile_inches or 0.0, MIN_TILE_PIXELS / dpi)
+    aspect = max(image.width / image.height for row in rows for image in row)  # tiles as wide as the widest image needs
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(tile_inches * n_cols + 1.2, tile_inches * n_rows + 0.6), dpi=dpi, squeeze=False)
+    figsize = (tile_inches * aspect * n_cols + 1.2, tile_inches * n_rows + 0.6)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=figsize, dpi=dpi, squeeze=False)
     for r, row in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]

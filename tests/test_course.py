@@ -31,6 +31,10 @@ def test_grid_tiles_are_at_least_180_pixels_high_and_stay_crisp():
     fig.savefig(buffer, format="png", dpi=fig.dpi)
     height = Image.open(buffer).height
     assert height >= 2 * plots.MIN_TILE_PIXELS
+    wide = plots.image_grid([[tile.resize((96, 64))]], col_labels=["a 3:2 photo"])
+    buffer = io.BytesIO()
+    wide.savefig(buffer, format="png", dpi=wide.dpi, bbox_inches="tight")
+    assert Image.open(buffer).height >= plots.MIN_TILE_PIXELS
     enlarged = np.asarray(plots._enlarged(tile, plots.MIN_TILE_PIXELS))
     assert enlarged.shape[0] >= 180 and set(np.unique(enlarged)) == {0, 255}  # nearest neighbour: no grey in between
 
