@@ -261,12 +261,13 @@ def serve_command(port: int) -> list[str]:
 
 def command_eval(args) -> int:
     from .evaluate import EvalConfig, evaluate
+    from .report import write_report
 
     config = EvalConfig(profile=args.profile, kinds=args.kinds, **({"styles": tuple(args.styles)} if args.styles else {}))
     evaluation = evaluate(config)
     print(evaluation.table())
     print("\n".join([*evaluation.verdicts(), evaluation.unbeaten_sentence()]))
-    print(f"report: {evaluation.write_report(args.report_dir)}")
+    print(f"report: {write_report(evaluation, args.report_dir)}")
     return 0
 
 

@@ -2,9 +2,8 @@
 
     evaluation = evaluate(EvalConfig())
     evaluation.table()             # one row per system: style and content scores, and the verdict
-    evaluation.sweep_charts()      # each score against style strength and against content strength
-    evaluation.tradeoff_chart()    # content kept against style gained
-    evaluation.write_report()      # outputs/<profile>/reports/evaluation.md with CSV and PNG files beside it
+    evaluation.bar_table()         # does each style meet the bar?
+    report.write_report(evaluation)  # figures and evaluation.md: see stylekit.report
 
 A *system* is one way of stylizing for a style: ``<style>/base`` is the base
 model with the same prompt (trigger words included) and no adapter, the
@@ -14,26 +13,27 @@ when its results are there. Every table also carries reference rows that set
 the scale: the untouched photo, the photo blurred, the autoencoder's copy of the
 photo, and the exact target (the style filter applied to the photo).
 
-The bar a style must clear (issue 12): on the held-out photos at the default
-settings, the judge gives the stylization at least 0.6 and the untouched photo at
-most 0.2, content SSIM is at least 0.6, the target gain beats both the untouched
-and the blurred photo, and in text-to-image the adapter at strength 1 beats
-strength 0 by at least 0.5 on the judge.
+The bar a style must clear, relative to what the exact target itself keeps: on
+the held-out photos at the default settings, the judge gives the stylization at
+least 0.6 and the untouched photo at most 0.2; content SSIM is at least 0.8 times
+the exact target's; the target gain is at least 0.3 and above the blurred
+photo's; and in text-to-image the adapter at strength 1 beats strength 0 by at
+least 0.5 on the judge.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageFilter
 
 from .data import center_square, load_photos
-from .metrics import StyleReference, availability, is_monotonic, judge_check, mean_by, score, strength_sweep, write_csv
+from .metrics import StyleReference, availability, is_monotonic, judge_check, mean_by, score, strength_sweep
 from .models import as_task
 from .paths import profile_dir
-from .plots import Table, image_grid
+from .plots import Table
 from .profiles import get_profile
 from .stylize import Stylizer, find_styles
 from .synth import STYLES, apply_style
@@ -48,7 +48,7 @@ MARGIN = 0.01  # an adapter "beats" the baseline when its style probability is h
 SHOWN = ("style_probability", "target_gain", "gram_distance", "target_ssim", "ssim", "psnr", "edge_f1", "clip", "dino")
 REFERENCES = ("photo", "blurred", "autoencoder", "target")  # reference rows: what no method, a blur, the autoencoder, the truth score
 BLUR_SIGMA = 0.7  # the blurred reference: a Gaussian blur that raises SSIM to most demo targets
-BAR = {"judge": 0.6, "judge_on_photo": 0.2, "ssim": 0.6, "txt2img_gain": 0.5}
+BAR = {"judge": 0.6, "judge_on_photo": 0.2, "ssim_of_target": 0.8, "target_gain": 0.3, "txt2img_gain": 0.5}
 TXT2IMG_PROMPTS = ("a photo of a cat", "a red house and two trees on green hills under a blue sky")
 
 
@@ -139,81 +139,6 @@ class Evaluation:
             body,
         )
 
-    def sweep_charts(self, scores: tuple[str, ...] = (STYLE_SCORE, "gram_distance", CONTENT_SCORE, "edge_f1")):
-        """Each score against style strength (top row) and content strength (bottom row), one line per adapter."""
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(2, len(scores), figsize=(3.2 * len(scores) + 1.6, 5.4), dpi=72, squeeze=False)
-        colours = _colours(self.sweeps)
-        for row, axis in enumerate(("style_strength", "content_strength")):
-            rows = [r for r in self.sweeps if r["axis"] == axis]
-            for column, name in enumerate(scores):
-                ax = axes[row][column]
-                for system in dict.fromkeys(r["system"] for r in rows):
-                    points = mean_by([r for r in rows if r["system"] == system], ["value"])
-                    ax.plot(
-                        [p["value"] for p in points],
-                        [p[name] for p in points],
-                        marker="o",
-                        markersize=3,
-                        label=system,
-                        color=colours[system],
-                    )
-                ax.set_xlabel(axis.replace("_", " "), fontsize=8)
-                ax.set_title(name.replace("_", " "), fontsize=9)
-                ax.tick_params(labelsize=7)
-        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=7)
-        fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
-        return fig
-
-    def tradeoff_chart(self):
-        """Content kept (SSIM) against style (probability) along the style-strength sweep: up and right is better."""
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 4), dpi=72)
-        colours = _colours(self.sweeps)
-        rows = [r for r in self.sweeps if r["axis"] == "style_strength"]
-        for system in dict.fromkeys(r["system"] for r in rows):
-            points = mean_by([r for r in rows if r["system"] == system], ["value"])
-            ax.plot(
-                [p[STYLE_SCORE] for p in points],
-                [p[CONTENT_SCORE] for p in points],
-                marker="o",
-                markersize=3,
-                label=system,
-                color=colours[system],
-            )
-        for row in self.summary():
-            if row["kind"] == "base":
-                ax.scatter([row[STYLE_SCORE]], [row[CONTENT_SCORE]], marker="x", color="black")
-        ax.set_xlabel("style probability (classifier)", fontsize=8)
-        ax.set_ylabel("content SSIM to the photo", fontsize=8)
-        ax.set_title("content-style trade-off (x: base model)", fontsize=9)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        return fig
-
-    def grid(self, style: str):
-        """Per held-out photo: the photo, the exact target (the style filter), then each system at default settings."""
-        systems = [r["system"] for r in self.summary() if r["style"] == style and r["kind"] not in ("photo", "blurred", "target")]
-        rows = [[photo, self.targets[style][name], *[self.images[(s, name)] for s in systems]] for name, photo in self.photos.items()]
-        return image_grid(rows, row_labels=list(self.photos), col_labels=["photo", "target", *[s.split("/")[1] for s in systems]])
-
-    def overview(self):
-        """One row per style: for each held-out photo, the photo, the exact target and the style's adapter at the defaults."""
-        adapters = {r["style"]: r["system"] for r in self.summary() if r["beats_baseline"] is not None and r["kind"] in ("lora", "dora")}
-        styles = [style for style in self.config.styles if style in adapters]
-        rows = [
-            [
-                image
-                for name in self.photos
-                for image in (self.photos[name], self.targets[style][name], self.images[(adapters[style], name)])
-            ]
-            for style in styles
-        ]
-        columns = [label for name in self.photos for label in (name, "exact target", "stylekit")]
-        return image_grid(rows, row_labels=styles, col_labels=columns)
-
     def study_items(self, kinds: tuple[str, ...] = ("base", "lora")) -> list[tuple[str, str, dict[str, Image.Image]]]:
         """(photo, style, {kind: image}) for a user study (see :func:`stylekit.study.make_study`), from the images made here."""
         items = []
@@ -223,28 +148,6 @@ class Evaluation:
                 if len(images) >= 2:
                     items.append((photo, style, images))
         return items
-
-    def write_report(self, folder: Path | None = None) -> Path:
-        """``evaluation.md`` with the tables and verdicts, and the CSV and PNG files it links, in ``outputs/<profile>/reports``."""
-        import matplotlib.pyplot as plt
-
-        folder = Path(folder) if folder else profile_dir(self.config.profile) / "reports"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_csv(folder / "evaluation_scores.csv", self.scores)
-        write_csv(folder / "evaluation_sweeps.csv", self.sweeps)
-        (folder / "evaluation_config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        figures = {
-            "evaluation_overview.png": self.overview(),
-            "evaluation_sweeps.png": self.sweep_charts(),
-            "evaluation_tradeoff.png": self.tradeoff_chart(),
-        }
-        figures.update({f"evaluation_{style}.png": self.grid(style) for style in self.config.styles})
-        for name, fig in figures.items():
-            fig.savefig(folder / name, dpi=72)
-            plt.close(fig)
-        path = folder / "evaluation.md"
-        path.write_text(self.markdown(sorted(figures)))
-        return path
 
     def verdicts(self) -> list[str]:
         """One plain sentence per adapter: does it beat the base model on style consistency, and at what content cost?"""
@@ -300,8 +203,9 @@ class Evaluation:
             row["meets"] = (
                 row["judge"] >= BAR["judge"]
                 and row["judge_on_photo"] <= BAR["judge_on_photo"]
-                and row["ssim"] >= BAR["ssim"]
-                and row["target_gain"] > max(0.0, row["blurred_gain"])
+                and row["ssim"] >= BAR["ssim_of_target"] * row["target_ssim"]
+                and row["target_gain"] >= BAR["target_gain"]
+                and row["target_gain"] > row["blurred_gain"]
                 and row["txt2img_gain"] >= BAR["txt2img_gain"]
             )
             found.append(row)
@@ -326,8 +230,8 @@ class Evaluation:
                 "style",
                 f"judge (>= {BAR['judge']})",
                 f"judge on photo (<= {BAR['judge_on_photo']})",
-                f"content SSIM (>= {BAR['ssim']}; the exact target's)",
-                "target gain (> photo 0, > blur)",
+                f"content SSIM (>= {BAR['ssim_of_target']} x the exact target's)",
+                f"target gain (>= {BAR['target_gain']}, > blur)",
                 f"text-to-image gain (>= {BAR['txt2img_gain']})",
                 "judge",
                 "meets the bar",
@@ -337,79 +241,15 @@ class Evaluation:
 
     def bar_sentence(self) -> str:
         rows = self.bar()
-        met = [r["style"] for r in rows if r["meets"]]
         missed = [r["style"] for r in rows if not r["meets"]]
-        unreachable = [r["style"] for r in rows if r["target_ssim"] < BAR["ssim"]]
-        return (
-            f"{len(met)} of {len(rows)} styles meet the bar (the goal: at least 4 of 5)."
-            + (f" Not met: {', '.join(missed)}." if missed else "")
-            + (
-                f" The exact target itself keeps less than content SSIM {BAR['ssim']} for {', '.join(unreachable)}:"
-                " there a perfect stylization would miss the content bar."
-                if unreachable
-                else ""
-            )
+        met = len(rows) - len(missed)
+        return f"{met} of {len(rows)} styles meet the bar (the goal: at least 4 of 5)." + (
+            f" Not met: {', '.join(missed)}." if missed else ""
         )
 
     def judge_table(self) -> Table:
         body = [[r["style"], f"{r['on_target']:.2f}", f"{r['on_photo']:.2f}", "valid" if r["valid"] else "INVALID"] for r in self.judge]
         return Table(["style", "judge on the exact target", "judge on the untouched photo", "judge"], body)
-
-    def markdown(self, figures: list[str]) -> str:
-        beaten = [r for r in self.summary() if r["beats_baseline"]]
-        adapters = [r for r in self.summary() if r["kind"] != "base"]
-        lines = [
-            "# stylekit evaluation",
-            "",
-            f"Profile `{self.config.profile}`, held-out photos {', '.join(self.photos)}, seed {self.config.seed}. "
-            f"{len(beaten)} of {len(adapters)} adapters beat the base model on style consistency "
-            f"(style probability higher by more than {MARGIN}). " + self.unbeaten_sentence(),
-            "",
-            "## Does each style meet the bar?",
-            "",
-            self.bar_sentence(),
-            "",
-            self.bar_table().markdown(),
-            "",
-            "## Can the judge tell style from no style?",
-            "",
-            "The judge is the style classifier. On the held-out photos it must give the exact target at least "
-            "0.6 and the untouched photo at most 0.2; a style where it does not is marked INVALID, and its style scores mean little.",
-            "",
-            self.judge_table().markdown(),
-            "",
-            "## Measures",
-            "",
-            *[f"- {name}: {status}" for name, status in self.measures.items()],
-            f"- style classifier accuracy on held-out demo content: {self.classifier_accuracy:.2f} (chance {1 / (len(STYLES) + 1):.2f})",
-            "",
-            "## Scores at the default settings",
-            "",
-            self.table().markdown(),
-            "",
-            *[f"- {line}" for line in self.verdicts()],
-            "",
-            "## Does style rise and content fall with style strength?",
-            "",
-            self.monotonic().markdown(),
-            "",
-            "## Figures and data",
-            "",
-            *[f"![{name}]({name})" for name in figures],
-            "",
-            "Data: [evaluation_scores.csv](evaluation_scores.csv), [evaluation_sweeps.csv](evaluation_sweeps.csv); "
-            "settings: [evaluation_config.json](evaluation_config.json).",
-            "",
-        ]
-        return "\n".join(lines)
-
-
-def _colours(rows: list[dict]) -> dict[str, tuple]:
-    """A distinct colour per system (up to 20), the same in every chart."""
-    import matplotlib.pyplot as plt
-
-    systems = list(dict.fromkeys(r["system"] for r in rows))
-    return {system: plt.cm.tab20(i % 20) for i, system in enumerate(systems)}
 
 
 def find_systems(config: EvalConfig, loras: dict[str, Path]) -> list[System]:

@@ -6,7 +6,9 @@ size that trains and runs on a laptop CPU. It is trained from scratch on the
 shipped photos and the procedural scenes of :mod:`stylekit.synth`:
 
     python -m stylekit.tiny train            # autoencoder, then UNet + text encoder
-    python -m stylekit.tiny card             # figures and grid for the model card
+    python -m stylekit.tiny_card             # then measure it and write its model card
+
+This module knows nothing of the card: ``tiny_card`` imports it, not the other way round.
 
 Training writes periodic checkpoints and resumes from the latest one.
 """
@@ -452,16 +454,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             train.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda...")
-    card = sub.add_parser("card", help="measure the model and write its model card")
-    card.add_argument("--model", type=Path, default=TINY_MODEL_DIR)
     args = parser.parse_args(argv)
-    if args.command == "train":
-        overrides = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__}
-        pretrain(args.out, args.work, PretrainConfig(**overrides), device=args.device)
-    else:
-        from .tiny_card import write_model_card
-
-        write_model_card(args.model)
+    overrides = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__}
+    pretrain(args.out, args.work, PretrainConfig(**overrides), device=args.device)
+    print("next: python -m stylekit.tiny_card --model", args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Measure the tiny model on held-out data and write its model card.
 
-    python -m stylekit.tiny card
+    python -m stylekit.tiny_card                 # the package's tiny_model
+    python -m stylekit.tiny_card --model DIR     # a model that `python -m stylekit.tiny train --out DIR` made
 
 Figures (all on data never used in training): autoencoder PSNR on the
 held-out photos; UNet denoising loss with the right captions against
@@ -11,6 +12,7 @@ image grids into the model folder.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -26,7 +28,7 @@ from .data import center_square, load_photos
 from .models import as_task, load_pipeline, tokenize
 from .plots import image_grid
 from .profiles import PROFILES
-from .tiny import PretrainConfig, to_model_range, training_scheduler
+from .tiny import TINY_MODEL_DIR, PretrainConfig, to_model_range, training_scheduler
 
 __all__ = ["measure", "write_model_card"]
 
@@ -173,7 +175,7 @@ on the shipped photos (held-out ones excluded) and {config["scene_count"]} proce
 
 ## Figures on held-out data
 
-Measured by `python -m stylekit.tiny card` ({f["machine"]}).
+Measured by `python -m stylekit.tiny_card` ({f["machine"]}).
 
 | measure | value |
 | --- | --- |
@@ -208,3 +210,17 @@ trained on it change photos less than they change text-to-image samples.
 The weights were trained by the stylekit project on data it may ship (see `data/LICENSES.md`) and are
 released under the project's MIT license.
 """
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m stylekit.tiny_card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=TINY_MODEL_DIR, help="the model folder to measure (default: the package's tiny_model)"
+    )
+    write_model_card(parser.parse_args(argv).model)
+
+
+if __name__ == "__main__":
+    main()

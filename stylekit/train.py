@@ -352,7 +352,9 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
     x0, start, noise, timesteps = x0.to(device), start.to(device), draw.noise[share].to(device), draw.timesteps[share].to(device)
     text = _text_conditioning(cfg, pipe, embeddings, [dataset.caption(i) for i, _ in items], accelerator)
     with accelerator.autocast():
-        return denoising_loss(unet, scheduler, start, x0, noise, timesteps, _unet_conditioning(text, size_ids.to(device)), cfg.min_snr_gamma)
+        return denoising_loss(
+            unet, scheduler, start, x0, noise, timesteps, _unet_conditioning(text, size_ids.to(device)), cfg.min_snr_gamma
+        )
 
 
 def denoising_loss(unet, scheduler, start, x0, noise, timesteps, conditioning: dict, min_snr_gamma: float | None = None) -> torch.Tensor:

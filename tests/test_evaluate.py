@@ -5,7 +5,8 @@ import pytest
 from stylekit import metrics
 from stylekit.cli import main
 from stylekit.data import center_square, load_photos
-from stylekit.evaluate import EvalConfig, evaluate
+from stylekit.evaluate import BAR, EvalConfig, evaluate
+from stylekit.report import write_report
 from stylekit.stylize import Stylizer
 from stylekit.synth import STYLES
 
@@ -51,10 +52,15 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
     bar = {r["style"]: r for r in evaluation.bar()}
     assert set(bar) == {"anime", "3d"} and all(isinstance(r["meets"], bool) for r in bar.values())
     assert bar["anime"]["judge"] == pytest.approx(rows["anime/lora"]["style_probability"])
-    assert bar["3d"]["target_ssim"] == pytest.approx(rows["3d/target"]["ssim"]) and bar["3d"]["target_ssim"] < 0.6
-    assert "a perfect stylization would miss the content bar" in evaluation.bar_sentence()
+    assert bar["3d"]["target_ssim"] == pytest.approx(rows["3d/target"]["ssim"])
+    for style, row in bar.items():  # the content bar is relative to the exact target; the target gain needs 0.3 and more than a blur
+        content_ok = row["ssim"] >= BAR["ssim_of_target"] * row["target_ssim"]
+        gain_ok = row["target_gain"] >= BAR["target_gain"] and row["target_gain"] > row["blurred_gain"]
+        if not (content_ok and gain_ok):
+            assert not row["meets"], style
+    assert evaluation.bar_sentence().startswith(f"{sum(r['meets'] for r in bar.values())} of 2 styles meet the bar")
     assert {r["style"] for r in evaluation.judge} == {"anime", "3d"} and set(evaluation.txt2img) == {"anime", "3d"}
-    report = evaluation.write_report(tmp_path / "reports")
+    report = write_report(evaluation, tmp_path / "reports")
     text = report.read_text()
     assert "| anime/lora |" in text and "random-filters" in text and "lpips: unavailable" in text
     assert evaluation.bar_sentence() in text and "| anime/autoencoder |" in text and "judge on the exact target" in text
