@@ -427,7 +427,7 @@ def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator)
 
 @torch.no_grad()
 def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
-    """The fixed validation prompts (with the trigger) and one held-out photo through img2img."""
+    """The fixed validation prompts (with the trigger) and one held-out photo through img2img at the profile's content strength."""
     defaults = get_profile(cfg.profile).inference
     txt2img = as_task(pipe, "txt2img")
     images = [
@@ -443,7 +443,7 @@ def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.
         pipe(
             prompt=f"{cfg.trigger} style, a photo",
             image=photo,
-            strength=0.6,
+            strength=1.0 - defaults.content_strength,  # as much of the photo as the stylizer keeps by default
             num_inference_steps=defaults.steps,
             guidance_scale=defaults.guidance,
             generator=torch.Generator().manual_seed(0),
@@ -647,7 +647,7 @@ def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
     unet.train()
     folder = run_dir / "validation"
     folder.mkdir(exist_ok=True)
-    image_grid([images], col_labels=[*cfg.validation_prompts, "held-out photo"], title=f"{cfg.name}, step {step}").savefig(
+    image_grid([images], col_labels=[*cfg.validation_prompts, "held-out photo, img2img"], title=f"{cfg.name}, step {step}").savefig(
         folder / f"step_{step:05d}.png", dpi=72
     )
 
@@ -699,7 +699,9 @@ def before_after_grid(results: dict[str, TrainResult]):
         set_adapter_weights(pipe, {name: 1.0})
         rows.append(validation_images(pipe, cfg, photo))
         labels.append(name)
-    columns = [textwrap.fill(textwrap.shorten(p, 34, placeholder="..."), 18) for p in first.validation_prompts] + ["held-out photo"]
+    content = get_profile(first.profile).inference.content_strength
+    columns = [textwrap.fill(textwrap.shorten(p, 34, placeholder="..."), 18) for p in first.validation_prompts]
+    columns.append(f"held-out photo,\nimg2img, content {content:g}")
     return image_grid(rows, row_labels=labels, col_labels=columns)
 
 
