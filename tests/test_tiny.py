@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import kill_once_written
 from safetensors.torch import load_file
 
@@ -90,3 +91,13 @@ def test_tokenizer_is_deterministic():
     captions = ["two trees on green hills under a blue sky", "a red house and a tree on sand dunes", "a photo of a rocket launch"] * 3
     first, second = build_tokenizer(captions, 700, 32), build_tokenizer(captions, 700, 32)
     assert first.get_vocab() == second.get_vocab()
+
+
+def test_the_model_card_has_its_own_command_and_tiny_does_not_import_it():
+    probe = "import sys, stylekit.tiny; print('stylekit.tiny_card' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    from stylekit import tiny_card
+
+    assert tiny_card.main.__module__ == "stylekit.tiny_card"
+    with pytest.raises(SystemExit):
+        tiny_card.main(["--help"])
