@@ -135,3 +135,21 @@ def test_setup_cell_installs_stylekit_into_the_running_kernel(tmp_path, monkeypa
     NotebookClient(notebook, kernel_name="fresh", timeout=600, resources=work).execute()
     printed = [out.get("text", "") for cell in notebook.cells for out in cell.outputs]
     assert printed[0].startswith("stylekit ") and printed[-1].strip() == f"{len(load_photos())} False True"
+
+
+def test_every_saved_picture_in_the_notebooks_is_at_least_180_px_high():
+    import base64
+    import io
+
+    from PIL import Image
+
+    heights = {}
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
+        for index, cell in enumerate(json.loads(notebook.read_text())["cells"]):
+            for output in cell.get("outputs", []):
+                for mime in ("image/png", "image/jpeg"):
+                    if mime in output.get("data", {}):
+                        picture = Image.open(io.BytesIO(base64.b64decode(output["data"][mime])))
+                        heights[f"{notebook.name} cell {index}"] = picture.height
+    assert len(heights) >= 15  # the notebooks are committed executed
+    assert not {place: h for place, h in heights.items() if h < 180}
