@@ -1,7 +1,14 @@
-"""Training speed: the stylekit trainer against a plain loop that encodes every batch.
+"""Training speed: one style at the tiny defaults against another commit, and the trainer against a plain loop.
 
-    python benchmarks/train_speed.py              # tiny profile on this machine
-    python benchmarks/train_speed.py --steps 60   # longer runs, steadier figures
+    python benchmarks/train_speed.py                    # tiny profile on this machine
+    python benchmarks/train_speed.py --against a7143a0  # also the same training by that commit's code, side by side
+    python benchmarks/train_speed.py --repeats 5        # more runs of each (median reported; default 3)
+    python benchmarks/train_speed.py --steps 60         # longer plain-loop comparison, steadier figures
+
+One style's adapter at the tiny profile's defaults (its steps, batch, rank...),
+as ``stylekit train`` runs it, caching and checkpoints included; with
+``--against REV`` the code of commit REV (its own defaults) trains the same
+demo set in the same way, one run after the other on this machine.
 
 Both variants train the same LoRA on the same demo dataset with the same
 settings. The plain loop runs the VAE encoder and the text encoder on every
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +59,19 @@ def run_stylekit(dataset: str, steps: int, batch: int) -> dict:
     return {"images_per_second": steps * batch / result.seconds, "seconds_with_setup": total, "peak_mb": _peak_memory_mb()}
 
 
+def run_tiny_defaults(dataset: str) -> dict:
+    """One style's adapter at the tiny profile's defaults, the way ``stylekit train`` runs it (caching included)."""
+    from stylekit.profiles import get_profile
+    from stylekit.train import TrainConfig, train_adapter
+
+    defaults = get_profile("tiny").train
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = train_adapter(TrainConfig(name="bench", dataset=dataset, output_dir=out), progress=False)
+        total = time.perf_counter() - start
+    return {"steps": defaults.steps, "batch": defaults.batch_size, "train_seconds": result.seconds, "seconds_with_setup": total}
+
+
 def run_plain(dataset: str, steps: int, batch: int) -> dict:
     """A plain loop: VAE and text encoder on every batch, then the UNet."""
     import torch.nn.functional as F
@@ -63,7 +85,7 @@ def run_plain(dataset: str, steps: int, batch: int) -> dict:
     profile = get_profile("tiny")
     pipe = load_pipeline("tiny")
     data = prepare_dataset(dataset, profile.resolution, trigger="anime")
-    attach_adapter(pipe.unet, pipe.text_encoder, AdapterSpec(rank=profile.train.rank, alpha=profile.train.alpha))
+    attach_adapter(pipe.unet, pipe.text_encoder, AdapterSpec(rank=profile.train.rank, alpha=profile.train.alpha, conv=profile.train.conv))
     params = trainable_parameters(pipe.unet)
     optimizer = torch.optim.AdamW(params, lr=profile.train.learning_rate)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -127,28 +149,89 @@ def run_sd15_gpu(batch: int, checkpointing: bool, steps: int = 10) -> dict:
     return {"images_per_second": steps * batch / (time.perf_counter() - start), "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
-def _in_subprocess(function: str, **kwargs) -> dict:
-    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import train_speed; print(json.dumps(train_speed.{function}(**{kwargs!r})))"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+def _in_subprocess(function: str, source: Path | None = None, **kwargs) -> dict:
+    """``function(**kwargs)`` in a fresh process (its own memory peak, its own cache folder), importing stylekit from
+    ``source`` when given (another commit's tree), else from the installed package."""
+    paths = [str(Path(__file__).parent)] + ([str(source)] if source else [])
+    code = f"import json, sys; sys.path[:0] = {paths!r}; import train_speed; print(json.dumps(train_speed.{function}(**{kwargs!r})))"
+    with tempfile.TemporaryDirectory() as outputs:
+        env = {**os.environ, "STYLEKIT_OUTPUTS": outputs}
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _commit_tree(revision: str, folder: Path) -> Path:
+    """The files of ``revision`` of this repository, written under ``folder``."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", revision], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def _commit_name(revision: str) -> str:
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", revision], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def defaults_lines(dataset: str, against: str | None, repeats: int) -> list[str]:
+    """The table of one style at the tiny defaults: this code, and ``against``'s code when given, ``repeats`` times each,
+    taking turns (a slow moment of a shared machine then hits both); the median of each is compared."""
+    with tempfile.TemporaryDirectory() as tree:
+        sources = {"this code (working tree)": None}
+        if against:
+            sources[f"commit {_commit_name(against)}"] = _commit_tree(against, Path(tree))
+        runs = {name: [] for name in sources}
+        for _ in range(repeats):
+            for name, source in sources.items():
+                runs[name].append(_in_subprocess("run_tiny_defaults", source, dataset=dataset))
+    lines = [
+        f"### One style at the tiny defaults ({date.today()}, {machine()})",
+        "",
+        f"The watercolor demo set (400 pairs, 64 px); each run in its own process, {repeats} run(s) of each taking turns; median, with all runs.",
+        "",
+        "| code | steps x batch | training (s) | with loading and caching (s) |",
+        "| --- | --- | --- | --- |",
+    ]
+    medians = {}
+    for name, found in runs.items():
+        train, total = (sorted(r[key] for r in found) for key in ("train_seconds", "seconds_with_setup"))
+        medians[name] = (statistics.median(train), statistics.median(total))
+        every = ", ".join(f"{t:.1f}" for t in total)
+        lines.append(f"| {name} | {found[0]['steps']} x {found[0]['batch']} | {medians[name][0]:.1f} | {medians[name][1]:.1f} ({every}) |")
+    if against:
+        (new_train, new_total), (old_train, old_total) = medians.values()
+        lines += [
+            "",
+            f"This code trains a style **{old_train / new_train:.1f}x** faster, **{old_total / new_total:.1f}x** with loading and caching.",
+        ]
+    return lines + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--against", metavar="REV", help="also train with the code of this commit, side by side")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each code at the tiny defaults (median reported)")
     args = parser.parse_args()
 
     from stylekit.data import build_demo_sets
+    from stylekit.profiles import get_profile
 
     with tempfile.TemporaryDirectory() as tmp:
+        demo = str(build_demo_sets(Path(tmp) / "demo", ["watercolor"], resolution=64)["watercolor"])
+        publish(defaults_lines(demo, args.against, args.repeats))
         dataset = str(build_demo_sets(tmp, ["anime"], count=32)["anime"])
         plain = _in_subprocess("run_plain", dataset=dataset, steps=args.steps, batch=args.batch)
         cached = _in_subprocess("run_stylekit", dataset=dataset, steps=args.steps, batch=args.batch)
+    tiny = get_profile("tiny").train
     lines = [
         f"### Training speed, tiny profile ({date.today()}, {machine()})",
         "",
-        f"LoRA rank 4 on the UNet attention, batch {args.batch}, {args.steps} steps, 32 anime images at 64 px.",
+        f"The tiny profile's LoRA (rank {tiny.rank}{', convolutions too' if tiny.conv else ''}), batch {args.batch}, "
+        f"{args.steps} steps, 32 anime images at 64 px.",
         "",
         "| trainer | images / s | peak memory (MB, process RSS) |",
         "| --- | --- | --- |",

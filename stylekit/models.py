@@ -79,6 +79,26 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def cpu_threads(wanted: int = 0, processes: int = 1):
+    """Run the block with torch on ``wanted`` threads (0: all its share), never more than this process's share of the
+    cores (cores / ``processes``), so that processes training side by side do not spin against each other. A count the
+    user chose with ``OMP_NUM_THREADS`` is kept. The previous count is restored afterwards."""
+    previous = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, available_cores() // processes)
+        torch.set_num_threads(min(wanted, share) if wanted else share)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def bf16_native() -> bool:
     """Whether the CUDA card computes bfloat16 natively (compute capability 8.0, Ampere, and newer).
 

@@ -37,7 +37,17 @@ from PIL import Image
 from .adapters import DIFFUSERS_WEIGHTS, AdapterSpec, attach_adapter, save_adapter, save_dtype, trainable_parameters
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
-from .models import as_task, encode_pixels, is_sdxl, load_pipeline, pick_device, pick_mixed_precision, quiet_loading, text_encoders
+from .models import (
+    as_task,
+    cpu_threads,
+    encode_pixels,
+    is_sdxl,
+    load_pipeline,
+    pick_device,
+    pick_mixed_precision,
+    quiet_loading,
+    text_encoders,
+)
 from .paths import outputs_dir, profile_dir
 from .plots import image_grid, loss_curve
 from .profiles import get_profile
@@ -72,6 +82,8 @@ class TrainConfig:
             compute capability 8.0 and newer, fp16 on others such as a T4); the CPU trains in fp32.
         gradient_checkpointing: recompute activations to save memory on large UNets (turned on by itself when
             the GPU has less free memory than the profile's ``checkpointing_below_gb``).
+        cpu_threads: torch threads per process when training on a CPU (0: the process's share of the cores; default:
+            the profile's, 1 for the tiny model, whose layers are too small to split across cores).
         min_snr_gamma: min-SNR loss weighting (Hang et al. 2023), for epsilon- and v-prediction models; ``None`` turns it off.
         noise_offset: adds per-channel offset noise (helps very dark / bright styles).
         flip: also train on mirror images. caption_dropout: share of steps with the trigger only.
@@ -101,6 +113,7 @@ class TrainConfig:
     text_encoder_lora: bool = False
     mixed_precision: str | None = None
     gradient_checkpointing: bool | None = None
+    cpu_threads: int | None = None
     min_snr_gamma: float | None = 5.0
     noise_offset: float = 0.0
     flip: bool = True
@@ -137,6 +150,7 @@ class TrainConfig:
                 "conv",
                 "mixed_precision",
                 "gradient_checkpointing",
+                "cpu_threads",
             )
             if getattr(self, name) is None
         }
@@ -200,20 +214,43 @@ def _pixels(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
 
 
+ENCODE_PIXELS = 2**16  # pixels per image batch while caching: 16 images of 64 px (32 with their mirrors), one of 256 px
+
+
+def _encode_jobs(dataset: PreparedDataset) -> dict[tuple[int, int], list[tuple[str, int, Image.Image]]]:
+    """Every image to cache as (kind, index, image), by size: the styled image ("latent") and, in a paired set, its photo."""
+    jobs = [("latent", index, image) for index, image in enumerate(dataset.images)]
+    jobs += [("source", index, source) for index, source in enumerate(dataset.sources) if source is not None]
+    by_size: dict[tuple[int, int], list] = {}
+    for job in jobs:
+        by_size.setdefault(job[2].size, []).append(job)
+    return by_size
+
+
 @torch.no_grad()
 def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch.Tensor]:
-    """Scaled posterior means of every image (and its mirror image), and of its source photo in a paired dataset."""
+    """Scaled posterior means of every image (and its mirror image), and of its source photo in a paired dataset.
+
+    Images of one size go through the autoencoder together, in channels-last layout: on a 2-core CPU that encodes 64 px
+    images twice as fast as one image and its mirror at a time.
+    """
     latents = {}
-    for index in progress_bar(range(len(dataset)), desc="caching latents", leave=False):
-        images = {"latent": dataset.images[index]}
-        if dataset.sources and dataset.sources[index] is not None:
-            images["source"] = dataset.sources[index]
-        for kind, image in images.items():
-            pixels = _pixels(image)
-            encoded = encode_pixels(pipe.vae, torch.cat([pixels, pixels.flip(-1)]) if flip else pixels).cpu()
-            latents[f"{kind}.{index}"] = encoded[0]
-            if flip:
-                latents[f"{kind}_flip.{index}"] = encoded[1]
+    by_size = _encode_jobs(dataset)
+    pipe.vae.to(memory_format=torch.channels_last)
+    with progress_bar(total=sum(map(len, by_size.values())), desc="caching latents", leave=False) as bar:
+        for (width, height), jobs in by_size.items():
+            chunk = max(1, ENCODE_PIXELS // (width * height))
+            for first in range(0, len(jobs), chunk):
+                part = jobs[first : first + chunk]
+                pixels = torch.cat([_pixels(image) for _, _, image in part])
+                pixels = torch.cat([pixels, pixels.flip(-1)]) if flip else pixels
+                encoded = encode_pixels(pipe.vae, pixels.contiguous(memory_format=torch.channels_last)).cpu()
+                for row, (kind, index, _) in enumerate(part):
+                    latents[f"{kind}.{index}"] = encoded[row].contiguous()
+                    if flip:
+                        latents[f"{kind}_flip.{index}"] = encoded[len(part) + row].contiguous()
+                bar.update(len(part))
+    pipe.vae.to(memory_format=torch.contiguous_format)  # as loaded: later images match those of a fresh pipeline
     return latents
 
 
@@ -415,7 +452,7 @@ def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator)
     """A checkpoint is only resumed by a run with the same settings and data."""
     stamp = run_dir / "run.json"
     current = json.loads(json.dumps({"config": asdict(cfg), "data": data_key, "processes": accelerator.num_processes}))
-    for key in ("output_dir", "extra"):
+    for key in ("output_dir", "extra", "cpu_threads"):  # where results go and how fast: not what is learned
         current["config"].pop(key)
     if stamp.exists() and (run_dir / CHECKPOINT).exists() and json.loads(stamp.read_text()) != current:
         raise RuntimeError(
@@ -538,7 +575,10 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
         disable=not (progress and accelerator.is_main_process),
         mininterval=1.0,  # one update a second, not one a step (a flood drops a kernel's messages)
     )
-    with MemoryMonitor() as memory:  # what training adds on top of the loaded model and data
+    on_cpu = accelerator.device.type == "cpu"
+    threads = cpu_threads(cfg.cpu_threads, accelerator.num_processes) if on_cpu else nullcontext()
+    with threads, MemoryMonitor() as memory:  # what training adds on top of the loaded model and data
+        torch_threads = torch.get_num_threads()
         for step in bar:
             dataset.epoch = step
             step_loss = 0.0
@@ -572,7 +612,8 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     unet.eval()
     files: dict[str, Path] = {}
     if accelerator.is_main_process:
-        files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, seconds, memory.peak_mb)
+        cost = {"seconds_this_session": round(seconds, 2), "peak_memory_mb": round(memory.peak_mb, 1), "torch_threads": torch_threads}
+        files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, cost)
     trained = (cfg.steps - start) * cfg.batch_size * cfg.gradient_accumulation * accelerator.num_processes
     result = TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, memory.peak_mb)
     if keep_pipeline:
@@ -652,9 +693,7 @@ def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
     )
 
 
-def _write_outputs(
-    pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, seconds: float, peak_mb: float
-) -> dict[str, Path]:
+def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, cost: dict) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     info = {
@@ -667,13 +706,7 @@ def _write_outputs(
     }
     files = save_adapter(pipe, cfg.adapter(), run_dir, cfg.name, info, precision=cfg.save_precision)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    record = {
-        "losses": losses,
-        "resumed_from": start,
-        "seconds_this_session": round(seconds, 2),
-        "peak_memory_mb": round(peak_mb, 1),
-    }
-    (run_dir / "losses.json").write_text(json.dumps(record))
+    (run_dir / "losses.json").write_text(json.dumps({"losses": losses, "resumed_from": start, **cost}))
     fig = loss_curve({cfg.name: losses})
     fig.savefig(run_dir / "loss_curve.png", dpi=72)
     plt.close(fig)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from stylekit import models
 from stylekit.models import ModelLoadError, as_task, export_single_file, load_pipeline, pick_device, pick_dtype, tiny_model_dir
 from stylekit.profiles import PROFILES, get_profile
 
@@ -130,3 +131,16 @@ def test_shipped_model_is_fp16_safetensors_within_budget():
         assert {t.dtype for t in load_file(str(path)).values()} == {torch.float16}
     index = json.loads((tiny_model_dir() / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
+
+
+def test_cpu_threads_give_each_process_its_share_and_restore(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(models, "available_cores", lambda: 4)
+    before = torch.get_num_threads()
+    for wanted, processes, expected in [(0, 1, 4), (0, 2, 2), (1, 1, 1), (3, 2, 2), (0, 8, 1)]:
+        with models.cpu_threads(wanted, processes):
+            assert torch.get_num_threads() == expected, (wanted, processes)
+        assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))  # the user's choice is kept
+    with models.cpu_threads(1):
+        assert torch.get_num_threads() == before

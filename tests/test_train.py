@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -159,10 +160,15 @@ def test_gradient_accumulation_and_min_snr_run(anime_set, outputs):
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
 
 
-def test_cli_train_writes_both_files(anime_set, tmp_path, capsys):
+def test_cli_train_writes_both_files(anime_set, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads_before = torch.get_num_threads()
     assert main(["train", str(anime_set), "--name", "cli_style", "--steps", "2", "--output-dir", str(tmp_path / "loras")]) == 0
     out = capsys.readouterr().out
     assert "pytorch_lora_weights.safetensors" in out and "cli_style.safetensors" in out
+    record = json.loads((tmp_path / "loras" / "cli_style" / "losses.json").read_text())
+    assert record["torch_threads"] == get_profile("tiny").train.cpu_threads == 1  # the tiny model trains on one thread
+    assert torch.get_num_threads() == threads_before  # and the caller's thread count comes back
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, tmp_path):
