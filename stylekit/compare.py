@@ -6,7 +6,7 @@
     comparison.grid("coffee")   # one held-out photo through every kind at every multiplier
 
 Each kind is trained fresh, in its own process (so that its peak memory is its
-own), into ``outputs/<profile>/comparison/<style>/<kind>/``; earlier results there are
+own; on a CPU as many at once as fit, two of the tiny model's one-thread trainings on 2 cores), into ``outputs/<profile>/comparison/<style>/<kind>/``; earlier results there are
 replaced, so the timings are this run's. Then every
 held-out photo is stylized at each multiplier and scored with
 :mod:`stylekit.metrics`. Results are written beside the adapters as
@@ -21,6 +21,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from .plots import Table, image_grid
 from .profiles import get_profile
 from .stylize import Stylizer
 from .synth import STYLES, apply_style
+from .train import trainings_at_once
 from .progress import progress_bar
 
 STEPS_DONE = re.compile(r"training [^:]*:.*?(\d+)/(\d+) \[")  # the trainer's bar: "training lora:  45%|...| 134/300 ["
@@ -163,29 +166,31 @@ def stored_parameters(path: Path) -> int:
     return int(sum(np.prod(shape) for shape in shapes if shape))
 
 
-def _run_with_progress(command: list[str], bar) -> tuple[int, str]:
-    """Run ``command``, moving ``bar`` with the steps its own progress bar reports; returns the exit code and its last messages."""
+def _train_command(config: ComparisonConfig, kind: str, dataset: Path, folder: Path) -> list[str]:
+    """``stylekit train`` for one kind, with the comparison's shared settings."""
+    options = {"steps": config.steps, "learning-rate": config.learning_rate, "rank": config.rank, "alpha": config.alpha}
+    command = [sys.executable, "-m", "stylekit", "train", str(dataset), "--name", kind, "--kind", kind, "--profile", config.profile]
+    command += ["--seed", str(config.seed), "--trigger", trigger_word(config.style), "--output-dir", str(folder)]
+    command += ["--conv" if config.conv else "--no-conv", "--checkpoint-every", str(10**6)]  # final checkpoint only
+    return command + [item for name, value in options.items() if value is not None for item in (f"--{name}", str(value))]
+
+
+def _follow(command: list[str], kind: str, steps_done: dict[str, int], total: int) -> tuple[int, str]:
+    """Run ``command``, noting in ``steps_done[kind]`` that it started and then the steps its own progress bar reports;
+    returns the exit code and its last messages."""
+    steps_done[kind] = 0
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tail = ""
     while chunk := os.read(process.stderr.fileno(), 4096):
         tail = (tail + chunk.decode(errors="replace"))[-2000:]
         steps = STEPS_DONE.findall(tail)
-        if steps and steps[-1][1] == str(bar.total):
-            bar.update(int(steps[-1][0]) - bar.n)
+        if steps and steps[-1][1] == str(total):
+            steps_done[kind] = int(steps[-1][0])
     return process.wait(), tail
 
 
-def _train_kind(config: ComparisonConfig, kind: str, dataset: Path, folder: Path, progress: bool = True) -> dict:
-    """Train one kind with ``stylekit train`` in a fresh process; returns its cost figures."""
-    options = {"steps": config.steps, "learning-rate": config.learning_rate, "rank": config.rank, "alpha": config.alpha}
-    command = [sys.executable, "-m", "stylekit", "train", str(dataset), "--name", kind, "--kind", kind, "--profile", config.profile]
-    command += ["--seed", str(config.seed), "--trigger", trigger_word(config.style), "--output-dir", str(folder)]
-    command += ["--conv" if config.conv else "--no-conv", "--checkpoint-every", str(10**6)]  # final checkpoint only
-    command += [item for name, value in options.items() if value is not None for item in (f"--{name}", str(value))]
-    with progress_bar(total=config.steps or get_profile(config.profile).train.steps, desc=f"training {kind}", disable=not progress) as bar:
-        returncode, messages = _run_with_progress(command, bar)
-    if returncode != 0:
-        raise RuntimeError(f"training {kind} failed:\n{messages}")
+def _cost_row(folder: Path, kind: str) -> dict:
+    """What training one kind cost, from the files it wrote."""
     record = json.loads((folder / kind / "losses.json").read_text())
     single_file = folder / kind / f"{kind}.safetensors"  # the A1111 / ComfyUI file of every kind
     return {
@@ -196,6 +201,31 @@ def _train_kind(config: ComparisonConfig, kind: str, dataset: Path, folder: Path
         "peak_memory_mb": record["peak_memory_mb"],
         "final_loss": float(np.mean(record["losses"][-20:])),
     }
+
+
+def _train_kinds(config: ComparisonConfig, dataset: Path, folder: Path, progress: bool = True) -> list[dict]:
+    """Train every kind in its own ``stylekit train`` process, as many at once as fit (:func:`~stylekit.train.trainings_at_once`),
+    and return their cost figures. The bars are drawn here, in the caller's thread, from the steps each process reports."""
+    total = config.steps or get_profile(config.profile).train.steps
+    steps_done: dict[str, int] = {}  # kind -> steps, from the moment its process starts
+    bars = {}
+    with ThreadPoolExecutor(trainings_at_once(config.profile)) as pool:
+        runs = {kind: pool.submit(_follow, _train_command(config, kind, dataset, folder), kind, steps_done, total) for kind in config.kinds}
+        while True:
+            for kind in [k for k in config.kinds if k in steps_done]:  # a bar appears when its kind starts
+                if kind not in bars:
+                    bars[kind] = progress_bar(total=total, desc=f"training {kind}", disable=not progress)
+                bars[kind].update(steps_done[kind] - bars[kind].n)
+            if all(run.done() for run in runs.values()):
+                break
+            time.sleep(0.5)
+    for bar in bars.values():
+        bar.close()
+    for kind, run in runs.items():
+        returncode, messages = run.result()
+        if returncode != 0:
+            raise RuntimeError(f"training {kind} failed:\n{messages}")
+    return [_cost_row(folder, kind) for kind in config.kinds]
 
 
 def compare_kinds(config: ComparisonConfig | None = None, reference: StyleReference | None = None, progress: bool = True) -> Comparison:
@@ -213,7 +243,7 @@ def compare_kinds(config: ComparisonConfig | None = None, reference: StyleRefere
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
 
-    summary = [_train_kind(config, kind, dataset, folder, progress) for kind in config.kinds]
+    summary = _train_kinds(config, dataset, folder, progress)
     stylizer = Stylizer(config.profile, styles_dir=folder)
     photos = {p.file_name.rsplit(".", 1)[0]: center_square(p.image, resolution) for p in load_photos(split="held_out")}
     targets = {name: apply_style(config.style, photo) for name, photo in photos.items()}

@@ -13,6 +13,9 @@ from tqdm import tqdm
 __all__ = ["progress_bar"]
 
 NOTEBOOK_WIDTH = 90  # characters of a bar in a notebook, which has no terminal width to measure
+# redraws of one bar in a notebook, at most, however slow the machine: every redraw is a message to the notebook, and a
+# client that reads them only when the cell ends (nbval) keeps about a thousand before it drops the newest
+NOTEBOOK_REDRAWS = 50
 
 
 class _DisplayLine:
@@ -50,8 +53,11 @@ def progress_bar(iterable=None, **options) -> tqdm:
     """``tqdm(iterable, **options)``, drawn as an updated line of text in a notebook (see the module docstring).
 
     In a notebook every bar stays when it closes (``leave=True``), so the saved notebook
-    says what ran; a terminal honours ``leave``.
+    says what ran, and redraws at most once a second and :data:`NOTEBOOK_REDRAWS` times in all;
+    a terminal honours ``leave``.
     """
     if _in_kernel() and "file" not in options:
-        options = {"ncols": NOTEBOOK_WIDTH, "mininterval": 1.0, **options, "file": _DisplayLine(), "leave": True}
+        total = options.get("total") or (len(iterable) if hasattr(iterable, "__len__") else None)
+        steps = {"miniters": max(1, total // NOTEBOOK_REDRAWS)} if total else {}
+        options = {"ncols": NOTEBOOK_WIDTH, "mininterval": 1.0, **steps, **options, "file": _DisplayLine(), "leave": True}
     return tqdm(iterable, **options)

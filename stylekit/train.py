@@ -17,6 +17,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import textwrap
 import threading
 import time
@@ -39,6 +40,7 @@ from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, re
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
 from .models import (
     as_task,
+    available_cores,
     cpu_threads,
     encode_pixels,
     is_sdxl,
@@ -53,7 +55,7 @@ from .plots import image_grid, loss_curve
 from .profiles import get_profile
 from .progress import progress_bar
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "before_after_grid", "ensure_trained", "train_adapter"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "before_after_grid", "ensure_trained", "train_adapter", "trainings_at_once"]
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -623,6 +625,15 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
         accelerator.free_memory()
         free_memory()
     return result
+
+
+def trainings_at_once(profile: str) -> int:
+    """How many trainings of ``profile`` fit side by side: on a CPU, its cores over the threads each one takes (two of the
+    tiny model's one-thread trainings on 2 cores); on a GPU one, which a training fills."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or get_profile(profile).train.cpu_threads)
+    if pick_device().type != "cpu" or threads < 1:
+        return 1
+    return max(1, available_cores() // threads)
 
 
 ESTIMATE_AFTER = 10  # steps timed before the estimate of the time left is printed

@@ -37,3 +37,22 @@ def test_a_terminal_gets_tqdms_own_bar(capsys):
     for _ in progress_bar(range(3), desc="stylizing"):
         pass
     assert "stylizing: 100%" in capsys.readouterr().err
+
+
+def test_a_notebook_bar_redraws_a_bounded_number_of_times(monkeypatch):
+    """However slow the machine, a bar sends few messages: nbval drops the newest past about a thousand per cell."""
+    import IPython.display
+
+    from stylekit import progress
+
+    class Handle:
+        redraws = 0
+
+        def update(self, *args, **kwargs):
+            Handle.redraws += 1
+
+    monkeypatch.setattr(progress, "_in_kernel", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda *args, **kwargs: Handle())
+    for _ in progress.progress_bar(range(10_000), desc="training", mininterval=0):  # as if every step took over a second
+        pass
+    assert 10 <= Handle.redraws <= progress.NOTEBOOK_REDRAWS + 2

@@ -231,3 +231,14 @@ def test_pairs_teach_the_change_from_photo_to_style(anime_set, outputs):
     paired = train_adapter(TrainConfig(name="paired", dataset=str(anime_set), steps=3, learning_rate=5e-3), progress=False)
     plain = train_adapter(TrainConfig(name="plain", dataset=str(anime_set), steps=3, learning_rate=5e-3, paired=False), progress=False)
     assert paired.losses != plain.losses
+
+
+def test_trainings_side_by_side_fill_the_cores_without_oversubscribing(monkeypatch):
+    from stylekit import train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(train, "available_cores", lambda: 4)
+    assert train.trainings_at_once("tiny") == 4  # one thread each
+    assert train.trainings_at_once("sd15") == 1  # a training that takes every core (or a GPU) runs alone
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert train.trainings_at_once("tiny") == 2
