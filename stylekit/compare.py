@@ -16,13 +16,8 @@ held-out photo is stylized at each multiplier and scored with
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,10 +33,7 @@ from .plots import Table, image_grid
 from .profiles import get_profile
 from .stylize import Stylizer
 from .synth import STYLES, apply_style
-from .train import trainings_at_once
-from .progress import progress_bar
-
-STEPS_DONE = re.compile(r"training [^:]*:.*?(\d+)/(\d+) \[")  # the trainer's bar: "training lora:  45%|...| 134/300 ["
+from .train import run_trainings, trainings_at_once
 
 __all__ = ["Comparison", "ComparisonConfig", "compare_kinds", "stored_parameters"]
 
@@ -175,20 +167,6 @@ def _train_command(config: ComparisonConfig, kind: str, dataset: Path, folder: P
     return command + [item for name, value in options.items() if value is not None for item in (f"--{name}", str(value))]
 
 
-def _follow(command: list[str], kind: str, steps_done: dict[str, int], total: int) -> tuple[int, str]:
-    """Run ``command``, noting in ``steps_done[kind]`` that it started and then the steps its own progress bar reports;
-    returns the exit code and its last messages."""
-    steps_done[kind] = 0
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    tail = ""
-    while chunk := os.read(process.stderr.fileno(), 4096):
-        tail = (tail + chunk.decode(errors="replace"))[-2000:]
-        steps = STEPS_DONE.findall(tail)
-        if steps and steps[-1][1] == str(total):
-            steps_done[kind] = int(steps[-1][0])
-    return process.wait(), tail
-
-
 def _cost_row(folder: Path, kind: str) -> dict:
     """What training one kind cost, from the files it wrote."""
     record = json.loads((folder / kind / "losses.json").read_text())
@@ -204,27 +182,9 @@ def _cost_row(folder: Path, kind: str) -> dict:
 
 
 def _train_kinds(config: ComparisonConfig, dataset: Path, folder: Path, progress: bool = True) -> list[dict]:
-    """Train every kind in its own ``stylekit train`` process, as many at once as fit (:func:`~stylekit.train.trainings_at_once`),
-    and return their cost figures. The bars are drawn here, in the caller's thread, from the steps each process reports."""
-    total = config.steps or get_profile(config.profile).train.steps
-    steps_done: dict[str, int] = {}  # kind -> steps, from the moment its process starts
-    bars = {}
-    with ThreadPoolExecutor(trainings_at_once(config.profile)) as pool:
-        runs = {kind: pool.submit(_follow, _train_command(config, kind, dataset, folder), kind, steps_done, total) for kind in config.kinds}
-        while True:
-            for kind in [k for k in config.kinds if k in steps_done]:  # a bar appears when its kind starts
-                if kind not in bars:
-                    bars[kind] = progress_bar(total=total, desc=f"training {kind}", disable=not progress)
-                bars[kind].update(steps_done[kind] - bars[kind].n)
-            if all(run.done() for run in runs.values()):
-                break
-            time.sleep(0.5)
-    for bar in bars.values():
-        bar.close()
-    for kind, run in runs.items():
-        returncode, messages = run.result()
-        if returncode != 0:
-            raise RuntimeError(f"training {kind} failed:\n{messages}")
+    """Train every kind in its own ``stylekit train`` process, side by side where the CPU allows; return their cost figures."""
+    commands = {kind: _train_command(config, kind, dataset, folder) for kind in config.kinds}
+    run_trainings(commands, config.steps or get_profile(config.profile).train.steps, trainings_at_once(config.profile), progress)
     return [_cost_row(folder, kind) for kind in config.kinds]
 
 

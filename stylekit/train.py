@@ -18,9 +18,13 @@ import hashlib
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -55,7 +59,16 @@ from .plots import image_grid, loss_curve
 from .profiles import get_profile
 from .progress import progress_bar
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "before_after_grid", "ensure_trained", "train_adapter", "trainings_at_once"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "before_after_grid",
+    "ensure_trained",
+    "run_trainings",
+    "train_adapter",
+    "trainings_at_once",
+]
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -627,6 +640,45 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     return result
 
 
+STEPS_DONE = re.compile(r"training [^:]*:.*?(\d+)/(\d+) \[")  # a trainer's bar on stderr: "training lora:  45%|...| 134/300 ["
+
+
+def _follow(command: list[str], name: str, steps_done: dict[str, int], total: int) -> tuple[int, str]:
+    """Run ``command``, noting in ``steps_done[name]`` that it started and then the steps its own progress bar reports;
+    returns the exit code and its last messages."""
+    steps_done[name] = 0
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tail = ""
+    while chunk := os.read(process.stderr.fileno(), 4096):
+        tail = (tail + chunk.decode(errors="replace"))[-2000:]
+        steps = STEPS_DONE.findall(tail)
+        if steps and steps[-1][1] == str(total):
+            steps_done[name] = int(steps[-1][0])
+    return process.wait(), tail
+
+
+def run_trainings(commands: dict[str, list[str]], total: int, at_once: int = 1, progress: bool = True) -> None:
+    """Run ``stylekit train`` commands (name -> command line of ``total`` steps each), ``at_once`` at a time, each in its
+    own process; a bar per training appears when it starts. The bars are drawn here, in the caller's thread (a notebook
+    takes output from there), from the steps each process reports. Raises if a training failed, with its last messages."""
+    steps_done: dict[str, int] = {}  # name -> steps, from the moment its process starts
+    bars = {}
+    with ThreadPoolExecutor(at_once) as pool:
+        runs = {name: pool.submit(_follow, command, name, steps_done, total) for name, command in commands.items()}
+        while len(bars) < len(commands) or any(not bar.disable for bar in bars.values()):
+            for name in [n for n in commands if n in steps_done]:
+                if name not in bars:
+                    bars[name] = progress_bar(total=total, desc=f"training {name}", disable=not progress)
+                bars[name].update(steps_done[name] - bars[name].n)
+                if runs[name].done():
+                    bars[name].close()  # its time stops here, not when the last training ends
+            time.sleep(0.5)
+    for name, run in runs.items():
+        returncode, messages = run.result()
+        if returncode != 0:
+            raise RuntimeError(f"training {name} failed:\n{messages}")
+
+
 def trainings_at_once(profile: str) -> int:
     """How many trainings of ``profile`` fit side by side: on a CPU, its cores over the threads each one takes (two of the
     tiny model's one-thread trainings on 2 cores); on a GPU one, which a training fills."""
@@ -752,13 +804,13 @@ def before_after_grid(results: dict[str, TrainResult]):
 def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:
     """Make sure each demo style has a trained adapter (building its dataset and training it if needed).
 
-    Lets any later notebook run on its own. Returns style -> adapter folder.
+    Lets any later notebook run on its own. Missing styles train in their own processes, side by side where the CPU
+    allows (:func:`trainings_at_once`). Returns style -> adapter folder.
     """
     datasets = ensure_demo_sets(styles, profile, seed)
-    folders = {}
-    for style in styles:
-        folder = profile_dir(profile) / "loras" / style
-        if not (folder / DIFFUSERS_WEIGHTS).exists():
-            train_adapter(TrainConfig(name=style, dataset=str(datasets[style]), profile=profile, seed=seed))
-        folders[style] = folder
+    folders = {style: profile_dir(profile) / "loras" / style for style in styles}
+    missing = [style for style in styles if not (folders[style] / DIFFUSERS_WEIGHTS).exists()]
+    command = [sys.executable, "-m", "stylekit", "train", "--profile", profile, "--seed", str(seed)]
+    commands = {style: [*command, str(datasets[style]), "--name", style] for style in missing}
+    run_trainings(commands, get_profile(profile).train.steps, trainings_at_once(profile))
     return folders
