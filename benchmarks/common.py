@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
 import torch
+
+from stylekit.models import available_cores
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 NO_GPU = "No CUDA GPU on this machine: the SD 1.5 measurements were not run."
@@ -23,8 +24,10 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
     flags = fields.get("flags", "").split()
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {vector}), {cores} cores"
+    return (
+        f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+        f"{vector}), {available_cores()} cores"
+    )
 
 
 def machine() -> str:

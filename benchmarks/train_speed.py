@@ -8,7 +8,7 @@
 One style's adapter at the tiny profile's defaults (its steps, batch, rank...),
 as ``stylekit train`` runs it, caching and checkpoints included; with
 ``--against REV`` the code of commit REV (its own defaults) trains the same
-demo set in the same way, one run after the other on this machine.
+demo set in the same way, the two taking turns on this machine (``--repeats`` each; medians compared).
 
 Both variants train the same LoRA on the same demo dataset with the same
 settings. The plain loop runs the VAE encoder and the text encoder on every
