@@ -3,7 +3,9 @@
 The tiny model has the Stable Diffusion layout (``AutoencoderKL``,
 ``UNet2DConditionModel``, a CLIP text encoder and tokenizer, a scheduler) at a
 size that trains and runs on a laptop CPU. It is trained from scratch on the
-shipped photos and the procedural scenes of :mod:`stylekit.synth`:
+shipped photos, the procedural scenes of :mod:`stylekit.synth`, and the corpus of
+:mod:`stylekit.tiny_corpus` (wallpaper photos and artwork from Debian packages,
+and generic artistic renderings; never the five demo styles):
 
     python -m stylekit.tiny train            # autoencoder, then UNet + text encoder
     python -m stylekit.tiny_card             # then measure it and write its model card
@@ -33,7 +35,7 @@ from PIL import Image
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import synth
+from . import synth, tiny_corpus
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import load_photos
 from .models import pick_device, tokenize
@@ -54,7 +56,10 @@ class PretrainConfig:
     resolution: int = 64
     scene_count: int = 4000
     crops_per_photo: int = 300
-    vae_steps: int = 5000
+    crops_per_corpus_photo: int = 100
+    crops_per_artwork: int = 40
+    rendering_count: int = 3000  # generic artistic renderings of photo crops and scenes
+    vae_steps: int = 6000
     vae_batch: int = 16
     vae_crop: int = 32  # the autoencoder is fully convolutional: it trains on crops, runs on full images
     vae_lr: float = 1e-3
@@ -191,24 +196,39 @@ def _random_crops(image: Image.Image, count: int, size: int, rng: np.random.Gene
     return crops
 
 
-def training_pool(config: PretrainConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """All training images (uint8, N x 3 x H x W), their captions, and a photo mask.
+PHOTO, SCENE, ART = 0, 1, 2  # the kinds of pretraining image
+BATCH_SHARES = {PHOTO: 0.5, SCENE: 0.25, ART: 0.25}  # of an autoencoder batch: photos are what users bring
 
-    Only the photos marked ``train`` are used; held-out photos never are.
+
+def training_pool(config: PretrainConfig, corpus_root: Path = Path("/")) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """All training images (uint8, N x 3 x H x W), their captions, and their kinds (``PHOTO``, ``SCENE``, ``ART``).
+
+    Only photos marked ``train`` are used: the shipped held-out photos and the corpus's unseen ones never are.
     """
     rng = np.random.default_rng(config.seed)
-    images, captions, is_photo = [], [], []
-    for photo in load_photos(split="train"):
-        for crop in _random_crops(photo.image, config.crops_per_photo, config.resolution, rng):
-            images.append(crop)
-            captions.append(photo.caption)
-            is_photo.append(True)
-    for scene in synth.make_scenes(config.scene_count, config.resolution, seed=config.seed):
-        images.append(scene.image)
-        captions.append(scene.caption)
-        is_photo.append(False)
-    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images])).permute(0, 3, 1, 2).contiguous()
-    return pixels, captions, torch.tensor(is_photo)
+    samples: list[tuple[Image.Image, str, int]] = []
+    corpus = tiny_corpus.load_corpus("train", corpus_root)
+    photos = [(p.image, p.caption, config.crops_per_photo) for p in load_photos(split="train")]
+    photos += [(c.image, c.text, config.crops_per_corpus_photo) for c in corpus if c.kind == "photo"]
+    for image, caption, count in photos:
+        samples += [(crop, caption, PHOTO) for crop in _random_crops(image, count, config.resolution, rng)]
+    for artwork in (c for c in corpus if c.kind == "artwork"):
+        samples += [(crop, artwork.text, ART) for crop in _random_crops(artwork.image, config.crops_per_artwork, config.resolution, rng)]
+    scenes = [(s.image, s.caption, SCENE) for s in synth.make_scenes(config.scene_count, config.resolution, seed=config.seed)]
+    samples += scenes + _renderings([s for s in samples if s[2] == PHOTO] + scenes, config.rendering_count, rng)
+    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image, _, _ in samples])).permute(0, 3, 1, 2)
+    return pixels.contiguous(), [caption for _, caption, _ in samples], torch.tensor([kind for _, _, kind in samples])
+
+
+def _renderings(sources: list[tuple[Image.Image, str, int]], count: int, rng: np.random.Generator) -> list[tuple[Image.Image, str, int]]:
+    """``count`` renderings of randomly chosen ``sources``, the media taking turns."""
+    media = list(tiny_corpus.MEDIA)
+    picks = rng.integers(len(sources), size=count)
+    rendered = []
+    for i, pick in enumerate(progress_bar(picks, desc="artistic renderings")):
+        image, caption, _ = sources[pick]
+        rendered.append((*tiny_corpus.render(media[i % len(media)], image, caption, rng), ART))
+    return rendered
 
 
 def data_hash(pixels: torch.Tensor, captions: list[str]) -> str:
@@ -252,16 +272,18 @@ def _resume_stage(path: Path, modules: dict[str, torch.nn.Module], optimizer) ->
     return state["step"], state["losses"]
 
 
-def _photo_biased_batch(is_photo: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices with half the batch from photos, half from scenes (photos are what users bring)."""
-    photos, scenes = torch.nonzero(is_photo).flatten(), torch.nonzero(~is_photo).flatten()
-    half = batch // 2
-    pick_p = photos[torch.randint(len(photos), (half,), generator=generator)]
-    pick_s = scenes[torch.randint(len(scenes), (batch - half,), generator=generator)]
-    return torch.cat([pick_p, pick_s])
+def _mixed_batch(kinds: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices with each kind's share of the batch (``BATCH_SHARES``), the first kind taking what rounding leaves."""
+    counts = {kind: round(batch * share) for kind, share in BATCH_SHARES.items()}
+    counts[PHOTO] += batch - sum(counts.values())
+    picks = []
+    for kind, count in counts.items():
+        members = torch.nonzero(kinds == kind).flatten()
+        picks.append(members[torch.randint(len(members), (count,), generator=generator)])
+    return torch.cat(picks)
 
 
-def train_vae(vae: AutoencoderKL, pixels, is_photo, config: PretrainConfig, work: Path) -> list[float]:
+def train_vae(vae: AutoencoderKL, pixels, kinds, config: PretrainConfig, work: Path) -> list[float]:
     """Stage 1: the autoencoder, with an L2 + L1 reconstruction loss and a tiny KL term."""
     device = next(vae.parameters()).device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
@@ -273,7 +295,7 @@ def train_vae(vae: AutoencoderKL, pixels, is_photo, config: PretrainConfig, work
         generator = _step_generator(config.seed, 1, step)
         _set_lr(optimizer, config.vae_lr, step, config.vae_steps)
         top, left = torch.randint(0, config.resolution - config.vae_crop + 1, (2,), generator=generator).tolist()
-        batch = pixels[_photo_biased_batch(is_photo, config.vae_batch, generator)]
+        batch = pixels[_mixed_batch(kinds, config.vae_batch, generator)]
         x = to_model_range(batch[:, :, top : top + config.vae_crop, left : left + config.vae_crop]).to(device)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
@@ -366,23 +388,24 @@ def assemble_pipeline(vae, unet, text_encoder, tokenizer) -> StableDiffusionPipe
     )
 
 
-def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto") -> StableDiffusionPipeline:
+def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto", corpus_root: Path = Path("/")) -> StableDiffusionPipeline:
     """Train the tiny model from scratch (resuming from ``work`` if a run was interrupted) and save it to ``out``.
 
     ``device``: ``"auto"`` (a CUDA GPU when there is one), ``"cpu"``, ``"cuda"``... Batches and noise are drawn
-    on the CPU, so a run replays the same data on any device.
+    on the CPU, so a run replays the same data on any device. ``corpus_root``: where the corpus's Debian
+    packages are installed or extracted (see :mod:`stylekit.tiny_corpus`).
     """
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     started = time.time()
-    pixels, captions, is_photo = training_pool(config)
+    pixels, captions, kinds = training_pool(config, corpus_root)
     digest = data_hash(pixels, captions)
     _check_same_run(work, config, digest)
     tokenizer = _run_tokenizer(work, captions + [config.extra_words] * 5, config)
     target = pick_device(device)
     vae, unet, text_encoder = (m.to(target) for m in (build_vae(config), build_unet(config), build_text_encoder(config, len(tokenizer))))
 
-    vae_losses = train_vae(vae, pixels, is_photo, config, work)
+    vae_losses = train_vae(vae, pixels, kinds, config, work)
     latents = encode_latents(vae, pixels)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     latents = latents * vae.config.scaling_factor
@@ -396,7 +419,9 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
         "config": asdict(config),
         "data_hash": digest,
         "images": len(pixels),
+        "images_per_kind": {name: int((kinds == kind).sum()) for name, kind in (("photo", PHOTO), ("scene", SCENE), ("art", ART))},
         "photos_used": [p.file_name for p in load_photos(split="train")],
+        "corpus_used": [entry.path for entry in tiny_corpus.read_manifest() if entry.split == "train"],
         "final_vae_loss": float(np.mean(vae_losses[-100:])),
         "final_unet_loss": float(np.mean(unet_losses[-100:])),
         "scaling_factor": vae.config.scaling_factor,
@@ -454,9 +479,12 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             train.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda...")
+    train.add_argument(
+        "--corpus-root", type=Path, default=Path("/"), help="where the corpus's Debian packages are installed or extracted (default: /)"
+    )
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__}
-    pretrain(args.out, args.work, PretrainConfig(**overrides), device=args.device)
+    pretrain(args.out, args.work, PretrainConfig(**overrides), device=args.device, corpus_root=args.corpus_root)
     print("next: python -m stylekit.tiny_card --model", args.out)
 
 

@@ -13,6 +13,7 @@ image grids into the model folder.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import platform
 import time
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from . import synth
+from . import synth, tiny_corpus
 from .data import center_square, load_photos
 from .models import as_task, load_pipeline, tokenize
 from .plots import image_grid
@@ -73,8 +74,8 @@ def denoising_loss(pipe, images: list[Image.Image], captions: list[str], draws: 
     return float(np.mean(losses))
 
 
-def measure(model_dir: Path) -> tuple[dict, dict[str, list[Image.Image]]]:
-    """All model-card figures, plus the images behind them."""
+def measure(model_dir: Path, corpus_root: Path = Path("/")) -> tuple[dict, dict[str, list[Image.Image]]]:
+    """All model-card figures, plus the images behind them (``corpus_root``: where the corpus's packages are)."""
     size = PretrainConfig().resolution
     start = time.perf_counter()
     pipe = load_pipeline(model_dir, device="cpu")
@@ -85,6 +86,8 @@ def measure(model_dir: Path) -> tuple[dict, dict[str, list[Image.Image]]]:
     originals = [center_square(p.image, size) for p in photos]
     recons = [reconstruct(pipe, im) for im in originals]
     psnrs = [psnr(_as_array(a), _as_array(b)) for a, b in zip(originals, recons)]
+    unseen = [center_square(entry.image, size) for entry in tiny_corpus.load_corpus("unseen", corpus_root)]
+    unseen_psnrs = [psnr(_as_array(image), _as_array(reconstruct(pipe, image))) for image in unseen]
 
     scenes = synth.make_scenes(32, size, seed=HELD_OUT_SCENE_SEED)
     scene_images, scene_captions = [s.image for s in scenes], [s.caption for s in scenes]
@@ -109,6 +112,8 @@ def measure(model_dir: Path) -> tuple[dict, dict[str, list[Image.Image]]]:
     figures = {
         "autoencoder_psnr_db_held_out_photos": {p.file_name: round(v, 2) for p, v in zip(photos, psnrs)},
         "autoencoder_psnr_db_mean": round(float(np.mean(psnrs)), 2),
+        "autoencoder_psnr_db_unseen_corpus_photos_mean": round(float(np.mean(unseen_psnrs)), 2),
+        "autoencoder_psnr_db_unseen_corpus_photos_min": round(float(np.min(unseen_psnrs)), 2),
         "denoising_loss_held_out_scenes_right_captions": round(denoising_loss(pipe, scene_images, scene_captions), 4),
         "denoising_loss_held_out_scenes_shuffled_captions": round(denoising_loss(pipe, scene_images, shuffled), 4),
         "denoising_loss_held_out_scenes_empty_captions": round(denoising_loss(pipe, scene_images, [""] * len(scenes)), 4),
@@ -135,10 +140,10 @@ def measure(model_dir: Path) -> tuple[dict, dict[str, list[Image.Image]]]:
     return figures, images
 
 
-def write_model_card(model_dir: Path) -> dict:
+def write_model_card(model_dir: Path, corpus_root: Path = Path("/")) -> dict:
     """Measure the model in ``model_dir`` and (re)write its README.md, figures.json and grids."""
     model_dir = Path(model_dir)
-    figures, images = measure(model_dir)
+    figures, images = measure(model_dir, corpus_root)
     (model_dir / "figures.json").write_text(json.dumps(figures, indent=2))
     n = len(images["originals"])
     photo_grid = image_grid(
@@ -163,8 +168,8 @@ def _card_text(figures: dict, training: dict) -> str:
 A Stable Diffusion pipeline (diffusers layout: `AutoencoderKL`, `UNet2DConditionModel`,
 CLIP text encoder and tokenizer, DPM-Solver++ scheduler) small enough to train and run
 on a laptop CPU. stylekit trained it from scratch, offline, with `python -m stylekit.tiny train`,
-on the shipped photos (held-out ones excluded) and {config["scene_count"]} procedural scenes
-(`stylekit.synth`). It is the `tiny` profile's base model: `load_pipeline("tiny")`.
+on photos, digital artwork, generic artistic renderings and procedural scenes (below). It is the
+`tiny` profile's base model: `load_pipeline("tiny")`.
 
 - Resolution {config["resolution"]} x {config["resolution"]} px; autoencoder factor 4 (latents {config.get("latent_channels", 4)} x {config["resolution"] // 4} x {config["resolution"] // 4}).
 - Parameters: UNet {params["unet"]:,}, autoencoder {params["vae"]:,}, text encoder {params["text_encoder"]:,} (stored in fp16).
@@ -173,6 +178,7 @@ on the shipped photos (held-out ones excluded) and {config["scene_count"]} proce
   {config["unet_steps"]} steps (batch {config["unet_batch"]}, caption dropout {config["caption_dropout"]} for guidance); seed {config["seed"]}; data hash `{training["data_hash"]}`.
   Final losses: autoencoder {training["final_vae_loss"]:.4f}, UNet {training["final_unet_loss"]:.4f}.
 
+{_corpus_text(training)}
 ## Figures on held-out data
 
 Measured by `python -m stylekit.tiny_card` ({f["machine"]}).
@@ -180,6 +186,7 @@ Measured by `python -m stylekit.tiny_card` ({f["machine"]}).
 | measure | value |
 | --- | --- |
 | autoencoder PSNR, held-out photos (target >= 23 dB) | {f["autoencoder_psnr_db_mean"]} dB ({", ".join(f"{k}: {v}" for k, v in f["autoencoder_psnr_db_held_out_photos"].items())}) |
+| autoencoder PSNR, the corpus's unseen photos | {f["autoencoder_psnr_db_unseen_corpus_photos_mean"]} dB mean, {f["autoencoder_psnr_db_unseen_corpus_photos_min"]} dB worst |
 | UNet denoising loss, held-out scenes, right captions | {f["denoising_loss_held_out_scenes_right_captions"]} |
 | UNet denoising loss, held-out scenes, shuffled captions | {f["denoising_loss_held_out_scenes_shuffled_captions"]} |
 | UNet denoising loss, held-out scenes, empty captions | {f["denoising_loss_held_out_scenes_empty_captions"]} |
@@ -207,8 +214,48 @@ trained on it change photos less than they change text-to-image samples.
 
 ## License
 
-The weights were trained by the stylekit project on data it may ship (see `data/LICENSES.md`) and are
-released under the project's MIT license.
+The weights were trained by the stylekit project and are released under the project's MIT license.
+The shipped photos' licences are in `data/LICENSES.md`; every corpus image's package, licence and
+copyright holder is in `data/pretrain_corpus.jsonl` (all allow redistribution and modification:
+GPL-2+, LGPL-3, CC-BY-4.0, CC-BY-SA-3.0/4.0, CC0). The images themselves do not ship with stylekit.
+"""
+
+
+def _corpus_text(training: dict) -> str:
+    """The training-data section: sources, licences and counts."""
+    config = training["config"]
+    used = set(training.get("corpus_used", []))
+    entries = [entry for entry in tiny_corpus.read_manifest() if entry.path in used]
+    unseen = sum(entry.split == "unseen" for entry in tiny_corpus.read_manifest())
+    packages: dict[str, Counter] = {}
+    for entry in entries:
+        packages.setdefault(entry.package, Counter())[entry.kind] += 1
+    rows = "\n".join(
+        f"| `{package}` | {kinds['photo']} | {kinds['artwork']} | {', '.join(sorted({e.license for e in entries if e.package == package}))} |"
+        for package, kinds in sorted(packages.items())
+    )
+    kinds = training.get("images_per_kind", {})
+    return f"""## Training data
+
+| source | images | 64 px training images |
+| --- | --- | --- |
+| shipped photos, `train` split (`data/photos`, `data/LICENSES.md`) | {len(training["photos_used"])} | {config["crops_per_photo"]} random crops each |
+| Debian wallpaper packages: photos | {sum(k["photo"] for k in packages.values())} | {config.get("crops_per_corpus_photo", 0)} random crops each |
+| Debian wallpaper packages: digital artwork | {sum(k["artwork"] for k in packages.values())} | {config.get("crops_per_artwork", 0)} random crops each |
+| generic artistic renderings of photo crops and scenes | {len(tiny_corpus.MEDIA)} media | {config.get("rendering_count", 0)} |
+| procedural scenes (`stylekit.synth`) | - | {config["scene_count"]} |
+
+In all {training["images"]:,} images: {kinds.get("photo", "-")} photo crops, {kinds.get("art", "-")} artwork crops and renderings,
+{kinds.get("scene", "-")} scenes. An autoencoder batch is half photos, a quarter art, a quarter scenes.
+
+| package | photos | artwork | licences |
+| --- | --- | --- | --- |
+{rows}
+
+The renderings ({", ".join(tiny_corpus.MEDIA)}) are randomised operators in
+`stylekit.tiny_corpus`, captioned "<medium> of <subject>". None of them is one of the five demo
+styles, which the base never sees: only the adapters learn those. {unseen} corpus photos are kept out
+of training (`split: unseen`) to check the course on photos nothing was trained on.
 """
 
 
@@ -219,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", type=Path, default=TINY_MODEL_DIR, help="the model folder to measure (default: the package's tiny_model)"
     )
-    write_model_card(parser.parse_args(argv).model)
+    parser.add_argument("--corpus-root", type=Path, default=Path("/"), help="where the corpus's Debian packages are (default: /)")
+    args = parser.parse_args(argv)
+    write_model_card(args.model, args.corpus_root)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from stylekit.checkpoints import load_checkpoint
 from stylekit.tiny import PretrainConfig, build_tokenizer
+from stylekit.tiny_corpus import read_manifest
 
 SMOKE = [
     "--scene-count",
@@ -25,11 +26,23 @@ SMOKE = [
     "4",
     "--checkpoint-every",
     "5",
+    "--crops-per-corpus-photo",
+    "1",
+    "--crops-per-artwork",
+    "1",
+    "--rendering-count",
+    "20",
 ]
 
 
-def _train(out, work):
-    cmd = [sys.executable, "-m", "stylekit.tiny", "train", "--out", str(out), "--work", str(work), *SMOKE]
+@pytest.fixture
+def smoke(fake_corpus_root):
+    """The smoke run's options, reading the corpus from a generated stand-in of its packages."""
+    return [*SMOKE, "--corpus-root", str(fake_corpus_root)]
+
+
+def _train(out, work, options):
+    cmd = [sys.executable, "-m", "stylekit.tiny", "train", "--out", str(out), "--work", str(work), *options]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -45,17 +58,17 @@ def test_tokenizer_is_built_offline_in_clip_format():
     assert tokenizer.unk_token_id not in tokenizer("zebra ünïcode").input_ids[1:-1]  # any text stays encodable
 
 
-def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path):
-    straight = _train(tmp_path / "straight", tmp_path / "work_straight")
+def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path, smoke):
+    straight = _train(tmp_path / "straight", tmp_path / "work_straight", smoke)
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
 
-    victim = _train(tmp_path / "resumed", tmp_path / "work_resumed")
+    victim = _train(tmp_path / "resumed", tmp_path / "work_resumed", smoke)
     state_file = tmp_path / "work_resumed" / "unet_state.safetensors"
     kill_once_written(victim, state_file)
     _, state = load_checkpoint(state_file)
     assert 0 < state["step"] < 40, "the kill must land mid-run for this test to mean anything"
 
-    resumed = _train(tmp_path / "resumed", tmp_path / "work_resumed")
+    resumed = _train(tmp_path / "resumed", tmp_path / "work_resumed", smoke)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     a, b = _unet_weights(tmp_path / "straight"), _unet_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
@@ -65,10 +78,13 @@ def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path):
     record = json.loads((tmp_path / "resumed" / "training.json").read_text())
     assert record["data_hash"] and record["config"]["seed"] == PretrainConfig().seed
     assert "chelsea.jpg" not in record["photos_used"]  # held-out photos never train anything
+    unseen = {entry.path for entry in read_manifest() if entry.split == "unseen"}
+    assert unseen and not unseen & set(record["corpus_used"])
+    assert all(record["images_per_kind"][kind] > 0 for kind in ("photo", "scene", "art"))
 
 
-def test_resume_refuses_a_different_run(tmp_path):
-    first = _train(tmp_path / "out", tmp_path / "work")
+def test_resume_refuses_a_different_run(tmp_path, smoke):
+    first = _train(tmp_path / "out", tmp_path / "work", smoke)
     assert first.wait(timeout=600) == 0
     cmd = [
         sys.executable,
@@ -79,7 +95,7 @@ def test_resume_refuses_a_different_run(tmp_path):
         str(tmp_path / "out"),
         "--work",
         str(tmp_path / "work"),
-        *SMOKE,
+        *smoke,
         "--seed",
         "3",
     ]
