@@ -263,7 +263,8 @@ def command_eval(args) -> int:
     from .evaluate import EvalConfig, evaluate
     from .report import write_report
 
-    config = EvalConfig(profile=args.profile, kinds=args.kinds, **({"styles": tuple(args.styles)} if args.styles else {}))
+    styles = {"styles": tuple(args.styles)} if args.styles else {}
+    config = EvalConfig(profile=args.profile, kinds=args.kinds, photos=args.photos, **styles)
     evaluation = evaluate(config)
     print(evaluation.table())
     print("\n".join([*evaluation.verdicts(), evaluation.unbeaten_sentence()]))
@@ -370,7 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--profile", default="tiny")
     evaluation.add_argument("--styles", nargs="+", help="default: all demo styles (trained first if missing)")
     evaluation.add_argument("--kinds", action=argparse.BooleanOptionalAction, default=True, help="include the comparison's adapter kinds")
-    evaluation.add_argument("--report-dir", type=Path, help="default: outputs/<profile>/reports")
+    evaluation.add_argument(
+        "--photos",
+        choices=["held_out", "unseen"],
+        default="held_out",
+        help="the shipped held-out photos, or the corpus photos nothing was trained on (needs its Debian packages)",
+    )
+    evaluation.add_argument("--report-dir", type=Path, help="default: outputs/<profile>/reports (reports_unseen for --photos unseen)")
     evaluation.set_defaults(handler=command_eval)
 
     serve = sub.add_parser("serve", help="serve the stylizer (notebook 04) as a web page on localhost")

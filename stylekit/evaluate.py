@@ -19,6 +19,10 @@ least 0.6 and the untouched photo at most 0.2; content SSIM is at least 0.8 time
 the exact target's; the target gain is at least 0.3 and above the blurred
 photo's; and in text-to-image the adapter at strength 1 beats strength 0 by at
 least 0.5 on the judge.
+
+``EvalConfig(photos="unseen")`` scores the same on photos that nothing in the project
+was trained on: the corpus photos that pretraining leaves out (their Debian packages
+must be installed, see :mod:`stylekit.tiny_corpus`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 from PIL import Image, ImageFilter
 
 from .data import center_square, load_photos
+from .tiny_corpus import load_corpus
 from .metrics import StyleReference, availability, is_monotonic, judge_check, mean_by, score, strength_sweep
 from .models import as_task
 from .paths import profile_dir
@@ -50,6 +55,7 @@ REFERENCES = ("photo", "blurred", "autoencoder", "target")  # reference rows: wh
 BLUR_SIGMA = 0.7  # the blurred reference: a Gaussian blur that raises SSIM to most demo targets
 BAR = {"judge": 0.6, "judge_on_photo": 0.2, "ssim_of_target": 0.8, "target_gain": 0.3, "txt2img_gain": 0.5}
 TXT2IMG_PROMPTS = ("a photo of a cat", "a red house and two trees on green hills under a blue sky")
+PHOTO_SETS = {"held_out": "the held-out photos", "unseen": "the corpus's unseen photos"}
 
 
 @dataclass
@@ -63,6 +69,7 @@ class EvalConfig:
     content_strengths: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     content_strength: float | None = None
     seed: int = 0
+    photos: str = "held_out"  # a key of PHOTO_SETS
 
 
 @dataclass(frozen=True)
@@ -271,7 +278,7 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
     resolution = get_profile(config.profile).resolution
     reference = StyleReference.demo(list(STYLES), config.profile, config.seed)
     loras = ensure_trained(list(config.styles), config.profile, config.seed)
-    photos = {p.file_name.rsplit(".", 1)[0]: center_square(p.image, resolution) for p in load_photos(split="held_out")}
+    photos = evaluation_photos(config.photos, resolution)
     targets = {style: {name: apply_style(style, photo) for name, photo in photos.items()} for style in config.styles}
     systems = find_systems(config, loras)
     stylizers = {folder: Stylizer(config.profile, styles_dir=folder) for folder in dict.fromkeys(s.styles_dir for s in systems)}
@@ -298,6 +305,15 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
     judge = judge_check(reference.classifier, list(photos.values()), config.styles)
     text = {style: txt2img_judge(stylizers[loras[style].parent], style, reference, config.seed) for style in config.styles}
     return Evaluation(config, scores, sweeps, images, photos, targets, reference.classifier.held_out_accuracy, availability(), judge, text)
+
+
+def evaluation_photos(which: str, resolution: int) -> dict[str, Image.Image]:
+    """The photos an evaluation scores, by short name: ``"held_out"`` (shipped) or ``"unseen"`` (the corpus's)."""
+    if which == "held_out":
+        return {p.file_name.rsplit(".", 1)[0]: center_square(p.image, resolution) for p in load_photos(split="held_out")}
+    if which == "unseen":
+        return {entry.name: center_square(entry.image, resolution) for entry in load_corpus("unseen")}
+    raise ValueError(f"unknown photo set {which!r}: use one of {sorted(PHOTO_SETS)}")
 
 
 def reference_images(stylizer: Stylizer, photo: Image.Image, target: Image.Image) -> dict[str, Image.Image]:

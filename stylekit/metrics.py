@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "is_monotonic",
     "judge_check",
     "mean_by",
+    "mean_gram_matrices",
     "psnr",
     "score",
     "ssim",
@@ -229,16 +230,25 @@ def gram_matrices(net: FeatureNet, images: Sequence[Image.Image]) -> list[torch.
     return grams
 
 
-def gram_distance(net: FeatureNet, image: Image.Image, references: Sequence[Image.Image]) -> float:
+def mean_gram_matrices(net: FeatureNet, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+    """Per tapped layer, the mean Gram matrix of ``images``: what :func:`gram_distance` compares with."""
+    return [grams.mean(0) for grams in gram_matrices(net, images)]
+
+
+def gram_distance(
+    net: FeatureNet, image: Image.Image, references: Sequence[Image.Image], reference_grams: list[torch.Tensor] | None = None
+) -> float:
     """Style distance of ``image`` to a set of references (0 = same texture statistics; lower is closer).
 
     Per layer, the Frobenius distance between the image's Gram matrix and the
     references' mean Gram matrix, relative to that mean's norm; averaged over layers.
+    ``reference_grams``: the references' :func:`mean_gram_matrices`, when already computed.
     """
-    distances = []
-    for mine, theirs in zip(gram_matrices(net, [image]), gram_matrices(net, references)):
-        target = theirs.mean(0)
-        distances.append(float(torch.linalg.norm(mine[0] - target) / torch.linalg.norm(target).clamp_min(1e-8)))
+    targets = reference_grams if reference_grams is not None else mean_gram_matrices(net, references)
+    distances = [
+        float(torch.linalg.norm(mine[0] - target) / torch.linalg.norm(target).clamp_min(1e-8))
+        for mine, target in zip(gram_matrices(net, [image]), targets)
+    ]
     return float(np.mean(distances))
 
 
@@ -379,16 +389,18 @@ def style_scores(
     classifier: StyleClassifier | None = None,
     target: Image.Image | None = None,
     photo: Image.Image | None = None,
+    reference_grams: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Style consistency of ``stylized`` with ``style``.
 
-    ``gram_distance`` to the reference set (lower is closer); ``style_probability`` from
+    ``gram_distance`` to the reference set (lower is closer; ``reference_grams`` saves
+    recomputing the set's mean Gram matrices); ``style_probability`` from
     ``classifier``; for the demo styles, ``target_gram`` and ``target_ssim`` against
     ``target`` (the style filter applied to the same photo), and ``target_gain`` when the
     ``photo`` is given too; ``clip`` when CLIP weights are here.
     """
     net = classifier.net if classifier else feature_net()
-    scores = {"gram_distance": gram_distance(net, stylized, references)}
+    scores = {"gram_distance": gram_distance(net, stylized, references, reference_grams)}
     if classifier is not None:
         scores["style_probability"] = classifier.probability(stylized, style)
     if target is not None:
@@ -507,6 +519,13 @@ class StyleReference:
 
     images: dict[str, list[Image.Image]]
     classifier: StyleClassifier
+    _mean_grams: dict[str, list[torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def mean_grams(self, style: str) -> list[torch.Tensor]:
+        """The mean Gram matrices of ``style``'s reference images (computed once: hundreds of images)."""
+        if style not in self._mean_grams:
+            self._mean_grams[style] = mean_gram_matrices(self.classifier.net, self.images[style])
+        return self._mean_grams[style]
 
     @classmethod
     def from_folders(cls, folders: dict[str, Path], photos: Sequence[Image.Image], net: FeatureNet | None = None) -> StyleReference:
@@ -581,7 +600,8 @@ def score(
 ) -> dict[str, float]:
     """Content scores against ``photo`` and style scores against ``reference`` (and ``target`` when given), in one dict."""
     scores = content_scores(photo, stylized)
-    scores.update(style_scores(stylized, style, reference.images[style], reference.classifier, target, photo))
+    images, classifier = reference.images[style], reference.classifier
+    scores.update(style_scores(stylized, style, images, classifier, target, photo, reference.mean_grams(style)))
     return scores
 
 

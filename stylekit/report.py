@@ -14,7 +14,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .evaluate import CONTENT_SCORE, MARGIN, STYLE_SCORE, Evaluation
+from .evaluate import CONTENT_SCORE, MARGIN, PHOTO_SETS, STYLE_SCORE, Evaluation
 from .metrics import mean_by, write_csv
 from .paths import profile_dir
 from .plots import image_grid
@@ -103,7 +103,8 @@ def overview(evaluation: Evaluation):
 
 def write_report(evaluation: Evaluation, folder: Path | None = None) -> Path:
     """``evaluation.md`` with the tables and verdicts, and the CSV and PNG files it links, in ``outputs/<profile>/reports``."""
-    folder = Path(folder) if folder else profile_dir(evaluation.config.profile) / "reports"
+    default = "reports" if evaluation.config.photos == "held_out" else f"reports_{evaluation.config.photos}"
+    folder = Path(folder) if folder else profile_dir(evaluation.config.profile) / default
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "evaluation_scores.csv", evaluation.scores)
     write_csv(folder / "evaluation_sweeps.csv", evaluation.sweeps)
@@ -128,7 +129,8 @@ def markdown(evaluation: Evaluation, figures: list[str]) -> str:
     lines = [
         "# stylekit evaluation",
         "",
-        f"Profile `{evaluation.config.profile}`, held-out photos {', '.join(evaluation.photos)}, seed {evaluation.config.seed}. "
+        f"Profile `{evaluation.config.profile}`, {PHOTO_SETS[evaluation.config.photos]} {', '.join(evaluation.photos)}, "
+        f"seed {evaluation.config.seed}. "
         f"{len(beaten)} of {len(adapters)} adapters beat the base model on style consistency "
         f"(style probability higher by more than {MARGIN}). " + evaluation.unbeaten_sentence(),
         "",
@@ -140,7 +142,7 @@ def markdown(evaluation: Evaluation, figures: list[str]) -> str:
         "",
         "## Can the judge tell style from no style?",
         "",
-        "The judge is the style classifier. On the held-out photos it must give the exact target at least "
+        f"The judge is the style classifier. On {PHOTO_SETS[evaluation.config.photos]} it must give the exact target at least "
         "0.6 and the untouched photo at most 0.2; a style where it does not is marked INVALID, and its style scores mean little.",
         "",
         evaluation.judge_table().markdown(),

@@ -55,6 +55,12 @@ class CorpusImage:
     copyright: str
     image: Image.Image | None = None
 
+    @property
+    def name(self) -> str:
+        """A short name: the wallpaper's (Plasma keeps it in the folder name), without its author."""
+        path = Path(self.path)
+        return (path.parents[2].name if path.parent.name == "images" else path.stem).split("_by_")[0]
+
 
 def read_manifest(manifest: Path = CORPUS_MANIFEST) -> list[CorpusImage]:
     """The manifest's entries (no images)."""

@@ -1,14 +1,17 @@
 """The evaluation on a real tiny-profile run: sweeps move the right way, the report and `stylekit eval` work."""
 
+from pathlib import Path
+
 import pytest
 
 from stylekit import metrics
 from stylekit.cli import main
 from stylekit.data import center_square, load_photos
-from stylekit.evaluate import BAR, EvalConfig, evaluate
+from stylekit.evaluate import BAR, EvalConfig, evaluate, evaluation_photos
 from stylekit.report import write_report
 from stylekit.stylize import Stylizer
 from stylekit.synth import STYLES
+from stylekit.tiny_corpus import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +73,20 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
     assert main(["eval", "--styles", "anime", "--no-kinds", "--report-dir", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "anime/lora" in out and "evaluation.md" in out
+
+
+def test_photo_sets_are_the_held_out_photos_or_the_corpus_photos_nothing_trained_on():
+    held_out = evaluation_photos("held_out", 64)
+    assert list(held_out) == ["chelsea", "coffee"] and all(image.size == (64, 64) for image in held_out.values())
+    with pytest.raises(ValueError, match="unknown photo set"):
+        evaluation_photos("train", 64)
+
+
+UNSEEN = [entry for entry in read_manifest() if entry.split == "unseen"]
+
+
+@pytest.mark.skipif(not Path(UNSEEN[0].path).exists(), reason="corpus packages not installed (CI installs them)")
+def test_unseen_photos_come_from_the_corpus_packages():
+    unseen = evaluation_photos("unseen", 64)
+    assert len(unseen) == len(UNSEEN) and all(image.size == (64, 64) for image in unseen.values())
+    assert not set(unseen) & {p.file_name.rsplit(".", 1)[0] for p in load_photos()}

@@ -100,6 +100,15 @@ def test_style_scores_against_the_exact_target(reference, held_out):
     assert np.mean(own) > np.mean(unstyled) + 0.2
 
 
+def test_scores_reuse_each_reference_sets_gram_matrices_with_the_same_result(reference, held_out):
+    photo, style = held_out[0], "watercolor"
+    stylized = apply_style(style, photo)
+    cached = metrics.score(photo, stylized, style, reference)
+    fresh = metrics.gram_distance(reference.classifier.net, stylized, reference.images[style])
+    assert cached["gram_distance"] == pytest.approx(fresh, rel=1e-5)
+    assert reference.mean_grams(style) is reference.mean_grams(style)
+
+
 def test_evenness_and_monotonicity():
     strengths = [0, 0.25, 0.5, 0.75, 1.0]
     assert metrics.evenness(strengths, [0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(1.0)
