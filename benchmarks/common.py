@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import torch
 
-from stylekit.models import available_cores
+from stylekit.models import cpu_name
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 NO_GPU = "No CUDA GPU on this machine: the SD 1.5 measurements were not run."
-
-
-def cpu_name() -> str:
-    """The CPU as lscpu names it, with its family/model and widest vector unit (timings differ between machines of one name)."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    flags = fields.get("flags", "").split()
-    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return (
-        f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
-        f"{vector}), {available_cores()} cores"
-    )
 
 
 def machine() -> str:

@@ -268,6 +268,8 @@ def command_eval(args) -> int:
     evaluation = evaluate(config)
     print(evaluation.table())
     print("\n".join([*evaluation.verdicts(), evaluation.unbeaten_sentence()]))
+    print(evaluation.bar_table())
+    print(evaluation.bar_sentence())
     print(f"report: {write_report(evaluation, args.report_dir)}")
     return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
 import warnings
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "ModelLoadError",
     "as_task",
     "bf16_native",
+    "cpu_name",
     "decode_latents",
     "encode_pixels",
     "export_single_file",
@@ -82,6 +84,23 @@ def pick_device(device: str = "auto") -> torch.device:
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the system has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    """The CPU as lscpu names it, with its family/model and widest vector unit (timings differ between machines of one name)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = fields.get("flags", "").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (
+        f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+        f"{vector}), {available_cores()} cores"
+    )
 
 
 @contextlib.contextmanager

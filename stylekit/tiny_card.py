@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from skimage.metrics import structural_similarity
 
 from . import synth, tiny_corpus
 from .data import center_square, load_photos
-from .models import as_task, load_pipeline, tokenize
+from .models import as_task, cpu_name, load_pipeline, tokenize
 from .plots import image_grid
 from .profiles import PROFILES
 from .tiny import TINY_MODEL_DIR, PretrainConfig, to_model_range, training_scheduler
@@ -124,7 +123,7 @@ def measure(model_dir: Path, corpus_root: Path = Path("/")) -> tuple[dict, dict[
         "load_seconds": round(load_seconds, 2),
         "img2img_seconds_per_image": round(float(np.median(times)), 3),
         "img2img_settings": {"steps": defaults.steps, "strength": 0.5, "guidance": defaults.guidance},
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     }
     txt2img = as_task(pipe, "txt2img")
     samples = [
