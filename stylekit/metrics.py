@@ -19,6 +19,7 @@ never approximated under their name.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -543,15 +544,25 @@ class StyleReference:
         copies of the content count as ``"photo"`` too: a blur is not a style. Held-out
         photos are never used; :meth:`check` measures the judge on them.
         """
-        from .data import demo_content, ensure_demo_sets
+        from .data import ensure_demo_sets
         from .profiles import get_profile
-        from .synth import apply_style
 
         images = _read_folders(ensure_demo_sets(list(styles), profile, seed))
-        content = [image for image, _ in demo_content(classifier_images, get_profile(profile).resolution, seed + 1)]
-        training = {style: [apply_style(style, image) for image in content] for style in styles}
-        softened = [image.filter(ImageFilter.GaussianBlur(BLUR_RADII[i % len(BLUR_RADII)])) for i, image in enumerate(content)]
-        return cls(images, StyleClassifier.fit({**training, "photo": content + softened}))
+        resolution = get_profile(profile).resolution
+        return cls(images, _demo_classifier(tuple(styles), resolution, seed, classifier_images, feature_net().name))
+
+
+@functools.lru_cache(maxsize=4)
+def _demo_classifier(styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, net_name: str) -> StyleClassifier:
+    """The demo judge (see :meth:`StyleReference.demo`), fitted once per process: it depends only on the shipped
+    photos and these arguments (``net_name`` keys the feature network in use), and fitting it takes half a minute."""
+    from .data import demo_content
+    from .synth import apply_style
+
+    content = [image for image, _ in demo_content(classifier_images, resolution, seed + 1)]
+    training = {style: [apply_style(style, image) for image in content] for style in styles}
+    softened = [image.filter(ImageFilter.GaussianBlur(BLUR_RADII[i % len(BLUR_RADII)])) for i, image in enumerate(content)]
+    return StyleClassifier.fit({**training, "photo": content + softened})
 
 
 BLUR_RADII = (0.5, 0.8, 1.1)  # the softened copies of photos the demo judge learns as "photo"

@@ -104,6 +104,9 @@ class TrainConfig:
         flip: also train on mirror images. caption_dropout: share of steps with the trigger only.
         paired: when the dataset pairs each styled image with its source photo (the demo sets do),
             learn the change from photo to style: the noisy input is made from the photo, the target is the styled image.
+        unpaired_share: of a paired set, the share of items that learn the styled image itself instead (noisy input made
+            from it, as unpaired training does): what text-to-image needs, since it starts from noise, not from a photo
+            (default: the profile's).
         trigger: the word that calls the style in prompts (default: from ``name``).
         checkpoint_every, validation_every: steps between checkpoints / validation images (0: only at the end).
         save_precision: how the kohya / LyCORIS file stores its weights, ``"fp16"`` (kohya's default) or ``"fp32"``.
@@ -133,6 +136,7 @@ class TrainConfig:
     noise_offset: float = 0.0
     flip: bool = True
     paired: bool = True
+    unpaired_share: float | None = None
     caption_dropout: float = 0.0
     trigger: str | None = None
     seed: int = 0
@@ -166,6 +170,7 @@ class TrainConfig:
                 "mixed_precision",
                 "gradient_checkpointing",
                 "cpu_threads",
+                "unpaired_share",
             )
             if getattr(self, name) is None
         }
@@ -373,6 +378,7 @@ class StepDraw:
     mirrored: list[bool]
     noise: torch.Tensor
     timesteps: torch.Tensor
+    unpaired: list[bool]  # items that learn the styled image itself even in a paired set (TrainConfig.unpaired_share)
 
     def share(self, micro: int, process: int, processes: int, batch: int) -> slice:
         """The items of one process in one micro-batch."""
@@ -389,7 +395,8 @@ def _draw_step(cfg, scheduler, latents, buckets, step: int, processes: int) -> S
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((*shape[:2], 1, 1), generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (items,), generator=generator)
-    return StepDraw(picks, mirrored.tolist(), noise, timesteps)
+    unpaired = torch.rand(items, generator=generator) < cfg.unpaired_share
+    return StepDraw(picks, mirrored.tolist(), noise, timesteps, unpaired.tolist())
 
 
 def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, draw: StepDraw, micro, accelerator) -> torch.Tensor:
@@ -397,8 +404,10 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
     share = draw.share(micro, accelerator.process_index, accelerator.num_processes, cfg.batch_size)
     items = list(zip(draw.picks[share], draw.mirrored[share]))
     x0 = torch.stack([latents[f"latent_flip.{i}" if m else f"latent.{i}"] for i, m in items])
-    paired = cfg.paired and f"source.{items[0][0]}" in latents
-    start = torch.stack([latents[f"source_flip.{i}" if m else f"source.{i}"] for i, m in items]) if paired else x0
+    start = x0
+    if cfg.paired and f"source.{items[0][0]}" in latents:
+        sources = torch.stack([latents[f"source_flip.{i}" if m else f"source.{i}"] for i, m in items])
+        start = torch.where(torch.tensor(draw.unpaired[share])[:, None, None, None], x0, sources)
     size_ids = torch.tensor([dataset.windows[i].time_ids(dataset.images[i].size, m) for i, m in items])
     device = accelerator.device
     x0, start, noise, timesteps = x0.to(device), start.to(device), draw.noise[share].to(device), draw.timesteps[share].to(device)

@@ -231,6 +231,12 @@ def test_pairs_teach_the_change_from_photo_to_style(anime_set, outputs):
     paired = train_adapter(TrainConfig(name="paired", dataset=str(anime_set), steps=3, learning_rate=5e-3), progress=False)
     plain = train_adapter(TrainConfig(name="plain", dataset=str(anime_set), steps=3, learning_rate=5e-3, paired=False), progress=False)
     assert paired.losses != plain.losses
+    # every item unpaired is plain training on the same draws; a share in between mixes the two
+    settings = {"dataset": str(anime_set), "steps": 3, "learning_rate": 5e-3}
+    all_unpaired = train_adapter(TrainConfig(name="all_unpaired", unpaired_share=1.0, **settings), progress=False)
+    mixed = train_adapter(TrainConfig(name="mixed", unpaired_share=0.5, **settings), progress=False)
+    assert all_unpaired.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert mixed.losses != paired.losses and mixed.losses != plain.losses
 
 
 def test_trainings_side_by_side_fill_the_cores_without_oversubscribing(monkeypatch):
