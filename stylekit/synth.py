@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
-__all__ = ["STYLES", "Scene", "apply_style", "filter_scale", "make_scene", "make_scenes"]
+__all__ = ["STYLES", "Scene", "apply_style", "filter_scale", "luminance", "make_scene", "make_scenes", "to_array", "to_image"]
 
 # ---------------------------------------------------------------------------
 # Procedural scenes
@@ -219,15 +219,18 @@ def filter_scale(image: Image.Image) -> float:
     return max(1.0, min(image.size) / BASE_SIZE)
 
 
-def _to_array(image: Image.Image) -> np.ndarray:
+def to_array(image: Image.Image) -> np.ndarray:
+    """An image as an H x W x 3 float array in [0, 1]."""
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def _to_image(array: np.ndarray) -> Image.Image:
+def to_image(array: np.ndarray) -> Image.Image:
+    """An H x W x 3 float array in [0, 1] as an image (clipped, rounded to 8 bits)."""
     return Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
 
 
-def _luminance(array: np.ndarray) -> np.ndarray:
+def luminance(array: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of an H x W x 3 float array."""
     return array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -259,7 +262,7 @@ def _slope(gray: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _saturate(array: np.ndarray, factor: float) -> np.ndarray:
-    gray = _luminance(array)[..., None]
+    gray = luminance(array)[..., None]
     return gray + (array - gray) * factor
 
 
@@ -274,21 +277,21 @@ def anime(image: Image.Image, scale: float = 1.0) -> Image.Image:
     """Cel shading: smoothed regions quantised to 8 flat colours, dark outlines on edges."""
     smooth = _median(image, 3, scale)
     flat = smooth.quantize(colors=8, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).convert("RGB")
-    array = _saturate(_to_array(flat), 1.25)
-    outline = _slope(_luminance(_to_array(smooth)), scale) > 0.12
+    array = _saturate(to_array(flat), 1.25)
+    outline = _slope(luminance(to_array(smooth)), scale) > 0.12
     array[outline] = 0.12
-    return _to_image(array)
+    return to_image(array)
 
 
 def watercolor(image: Image.Image, scale: float = 1.0) -> Image.Image:
     """Soft washes: blurred, lightened, slightly desaturated colour with darker pigment edges and paper grain."""
-    array = _to_array(_median(image, 5, scale))
+    array = to_array(_median(image, 5, scale))
     wash = _blur(array, 1.2 * scale)
     wash = _saturate(wash, 0.85) * 0.75 + 0.25
-    pooling = _slope(_luminance(wash), scale)
+    pooling = _slope(luminance(wash), scale)
     wash = wash - 0.8 * pooling[..., None]
     grain = _paper_texture(wash.shape[:2], scale)
-    return _to_image(wash * (1.0 - 0.04 * grain[..., None]))
+    return to_image(wash * (1.0 - 0.04 * grain[..., None]))
 
 
 def _kuwahara(array: np.ndarray, radius: int) -> np.ndarray:
@@ -300,7 +303,7 @@ def _kuwahara(array: np.ndarray, radius: int) -> np.ndarray:
     h, w, _ = array.shape
     side = radius + 1
     padded = np.pad(array, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
-    gray = _luminance(padded).astype(np.float64)
+    gray = luminance(padded).astype(np.float64)
     box_means = ndimage.uniform_filter(padded, (side, side, 1))
     gray_means = ndimage.uniform_filter(gray, side)
     variances = ndimage.uniform_filter(gray * gray, side) - gray_means**2
@@ -313,33 +316,33 @@ def _kuwahara(array: np.ndarray, radius: int) -> np.ndarray:
 
 def oil_painting(image: Image.Image, scale: float = 1.0) -> Image.Image:
     """Thick paint: a Kuwahara filter makes flat, edge-preserving strokes; colours are richer."""
-    array = _kuwahara(_to_array(image), radius=round(2 * scale))
+    array = _kuwahara(to_array(image), radius=round(2 * scale))
     array = _saturate(array, 1.4)
     array = (array - 0.5) * 1.1 + 0.5  # a little more contrast, like varnished paint
-    return _to_image(array)
+    return to_image(array)
 
 
 def pencil_sketch(image: Image.Image, scale: float = 1.0) -> Image.Image:
     """Graphite on paper: a colour-dodge of the grey image by its blurred negative; no colour."""
-    gray = _luminance(_to_array(image))
+    gray = luminance(to_array(image))
     blurred_negative = _blur(1.0 - gray, 2.0 * scale)
     sketch = gray / np.maximum(1.0 - blurred_negative, 1e-3)
     sketch = np.clip(sketch, 0.0, 1.0) ** 2.0  # darker strokes
-    return _to_image(np.repeat(sketch[..., None], 3, axis=-1))
+    return to_image(np.repeat(sketch[..., None], 3, axis=-1))
 
 
 def clay_3d(image: Image.Image, scale: float = 1.0) -> Image.Image:
     """A clay render: posterised, softened colours lit from the top left by the relief of the luminance."""
-    array = _to_array(_median(image, 5, scale))
+    array = to_array(_median(image, 5, scale))
     base = np.round(_saturate(_blur(array, 1.0 * scale), 0.8) * 8.0) / 8.0
-    height = _blur(_luminance(array), 1.5 * scale) * (6.0 * scale)  # relief per 64 px-image pixel
+    height = _blur(luminance(array), 1.5 * scale) * (6.0 * scale)  # relief per 64 px-image pixel
     gy, gx = np.gradient(height)
     normals = np.stack([-gx, -gy, np.ones_like(gx)], axis=-1)
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
     light = np.array([-1.0, -1.0, 1.0], dtype=np.float32) / np.sqrt(3.0)
     shade = np.clip(normals @ light, 0.0, 1.0)
     lit = base * (0.25 + 0.85 * shade[..., None]) + 0.15 * shade[..., None] ** 8
-    return _to_image(lit)
+    return to_image(lit)
 
 
 STYLES = {

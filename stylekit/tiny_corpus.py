@@ -35,6 +35,7 @@ from skimage.segmentation import find_boundaries, slic
 
 from .data import ImageProblem, open_image
 from .paths import DATA_DIR
+from .synth import luminance, to_array, to_image
 
 __all__ = ["CORPUS_MANIFEST", "MEDIA", "CorpusImage", "load_corpus", "read_manifest", "render", "subject_of"]
 
@@ -107,10 +108,6 @@ def subject_of(caption: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _luminance(array: np.ndarray) -> np.ndarray:
-    return array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
 def _paper(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     tint = rng.uniform(0.85, 1.0, 3).astype(np.float32)
     return np.broadcast_to(tint, (*shape, 3)).copy()
@@ -118,7 +115,7 @@ def _paper(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 
 def ink_drawing(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Lines where a difference of Gaussians turns dark, in black, sepia or blue ink on tinted paper."""
-    gray = _luminance(array)
+    gray = luminance(array)
     sigma = rng.uniform(0.6, 1.2)
     dog = ndimage.gaussian_filter(gray, sigma) - ndimage.gaussian_filter(gray, sigma * 1.6)
     lines = np.clip(-dog / rng.uniform(0.015, 0.04), 0.0, 1.0)[..., None]
@@ -130,7 +127,7 @@ def ink_drawing(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def screen_print(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Brightness cut into 3-5 bands, each printed in one flat ink from a random palette (dark to light)."""
     levels = int(rng.integers(3, 6))
-    gray = ndimage.gaussian_filter(_luminance(array), 0.7)
+    gray = ndimage.gaussian_filter(luminance(array), 0.7)
     bands = np.clip((gray * levels).astype(int), 0, levels - 1)
     palette = np.sort(rng.uniform(0, 1, (levels, 3)).astype(np.float32), axis=0)  # each channel rises with the band
     return palette[bands]
@@ -150,7 +147,7 @@ def _stroke_canvas(array: np.ndarray, rng: np.random.Generator, background: np.n
     h, w, _ = array.shape
     canvas = Image.fromarray((np.clip(background, 0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    gy, gx = np.gradient(ndimage.gaussian_filter(_luminance(array), 1.0))
+    gy, gx = np.gradient(ndimage.gaussian_filter(luminance(array), 1.0))
     for y, x in zip(rng.integers(0, h, strokes), rng.integers(0, w, strokes)):
         color = np.clip(array[y, x] + rng.normal(0, 0.04, 3), 0, 1)
         fill = tuple(int(c * 255) for c in color)
@@ -162,7 +159,7 @@ def _stroke_canvas(array: np.ndarray, rng: np.random.Generator, background: np.n
             length = rng.uniform(2.0, 5.0)
             dx, dy = np.cos(angle) * length, np.sin(angle) * length
             draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=fill, width=int(rng.integers(1, 4)))
-    return np.asarray(canvas, dtype=np.float32) / 255.0
+    return to_array(canvas)
 
 
 def impressionist(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -173,7 +170,7 @@ def impressionist(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def pointillism(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Dots of brightened colour on pale paper."""
-    vivid = np.clip(_luminance(array)[..., None] + (array - _luminance(array)[..., None]) * 1.6, 0, 1)
+    vivid = np.clip(luminance(array)[..., None] + (array - luminance(array)[..., None]) * 1.6, 0, 1)
     return _stroke_canvas(vivid, rng, _paper(rng, array.shape[:2]), strokes=int(rng.integers(700, 1200)), shape="dot")
 
 
@@ -188,16 +185,16 @@ def halftone(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for top in range(0, h, cell):
         for left in range(0, w, cell):
             block = array[top : top + cell, left : left + cell].reshape(-1, 3).mean(axis=0)
-            radius = cell * 0.75 * (1.0 - _luminance(block))
+            radius = cell * 0.75 * (1.0 - luminance(block))
             color = ink if one_ink else block * 0.8
             cx, cy = left + cell / 2, top + cell / 2
             draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=tuple(int(c * 255) for c in color))
-    return np.asarray(canvas, dtype=np.float32) / 255.0
+    return to_array(canvas)
 
 
 def crosshatch(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Parallel hatching in one to three directions, more layers where the image is darker."""
-    gray = ndimage.gaussian_filter(_luminance(array), 0.8)
+    gray = ndimage.gaussian_filter(luminance(array), 0.8)
     h, w = gray.shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     spacing = rng.uniform(2.5, 4.0)
@@ -213,7 +210,7 @@ def crosshatch(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def woodcut(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Two tones: dark ink where the image, scored by gouge marks, is below its median; paper elsewhere."""
-    gray = ndimage.gaussian_filter(_luminance(array), 1.0)
+    gray = ndimage.gaussian_filter(luminance(array), 1.0)
     h, w = gray.shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, np.pi)
@@ -237,7 +234,7 @@ def pixel_art(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cells = int(rng.integers(12, 24))
     image = Image.fromarray((array * 255).astype(np.uint8)).resize((cells, cells), Image.Resampling.BOX)
     image = image.quantize(colors=int(rng.integers(5, 13)), dither=Image.Dither.NONE).convert("RGB")
-    return np.asarray(image.resize((w, h), Image.Resampling.NEAREST), dtype=np.float32) / 255.0
+    return to_array(image.resize((w, h), Image.Resampling.NEAREST))
 
 
 MEDIA: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
@@ -256,7 +253,4 @@ MEDIA: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 
 def render(medium: str, image: Image.Image, caption: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
     """``image`` rendered in ``medium`` (a key of ``MEDIA``, with random settings from ``rng``) and its caption."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    out = MEDIA[medium](array, rng)
-    pixels = (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return Image.fromarray(pixels), f"{medium} of {subject_of(caption)}"
+    return to_image(MEDIA[medium](to_array(image), rng)), f"{medium} of {subject_of(caption)}"
