@@ -48,7 +48,7 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
         EvalConfig(styles=("anime", "3d"), kinds=False, style_strengths=(0.0, 1.0), content_strengths=(0.4, 0.8)), progress=False
     )
     systems = [r["system"] for r in evaluation.summary()]
-    references = [f"{style}/{kind}" for style in ("anime", "3d") for kind in ("photo", "blurred", "autoencoder", "target")]
+    references = [f"{style}/{kind}" for style in ("anime", "3d") for kind in ("photo", "blurred", "autoencoder", "target", "autoencoded_target")]
     assert systems == ["anime/base", "anime/lora", "3d/base", "3d/lora", *references]
     assert len(evaluation.verdicts()) == 2 and all("base model" in line for line in evaluation.verdicts())
     rows = {r["system"]: r for r in evaluation.summary()}
@@ -58,12 +58,17 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
     assert set(bar) == {"anime", "3d"} and all(isinstance(r["meets"], bool) for r in bar.values())
     assert bar["anime"]["judge"] == pytest.approx(rows["anime/lora"]["style_probability"])
     assert bar["3d"]["target_ssim"] == pytest.approx(rows["3d/target"]["ssim"])
+    assert bar["anime"]["judge_ceiling"] == pytest.approx(rows["anime/autoencoded_target"]["style_probability"])
+    assert rows["3d/autoencoded_target"]["psnr"] < rows["3d/target"]["psnr"]  # the target's copy, not the target itself
     for style, row in bar.items():  # the content bar is relative to the exact target; the target gain needs 0.3 and more than a blur
         content_ok = row["ssim"] >= BAR["ssim_of_target"] * row["target_ssim"]
         gain_ok = row["target_gain"] >= BAR["target_gain"] and row["target_gain"] > row["blurred_gain"]
         if not (content_ok and gain_ok):
             assert not row["meets"], style
     assert evaluation.bar_sentence().startswith(f"{sum(r['meets'] for r in bar.values())} of 2 styles meet the bar")
+    for style, row in bar.items():  # a failing style whose ceiling is under the judge bar is named as beyond the decoder
+        beyond = not row["meets"] and row["judge_ceiling"] < BAR["judge"]
+        assert (f"{style} ({row['judge_ceiling']:.2f})" in evaluation.bar_sentence()) == beyond, style
     assert {r["style"] for r in evaluation.judge} == {"anime", "3d"} and set(evaluation.txt2img) == {"anime", "3d"}
     report = write_report(evaluation, tmp_path / "reports")
     text = report.read_text()
