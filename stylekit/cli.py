@@ -215,7 +215,7 @@ def command_stylize(args) -> int:
 
     state = PartialState(cpu=pick_device().type == "cpu")
     device = str(state.device) if state.num_processes > 1 else "auto"
-    stylizer = Stylizer(args.model, device=device, profile=args.profile, safety_checker=args.safety_checker)
+    stylizer = Stylizer(args.model, device=device, profile=args.profile, safety_checker=args.safety_checker, resolution=args.resolution)
     settings = dict(
         style_strength=args.style_strength,
         content_strength=args.content_strength,
@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(PROFILES),
         default=None,
         help="settings and styles for a hub id or folder (default: sdxl or sd15 by its layout)",
+    )
+    stylize.add_argument(
+        "--resolution", type=int, default=None, help="the model works on about RESOLUTION^2 pixels (default: the profile's)"
     )
     stylize.add_argument("--safety-checker", action="store_true", help="run the model's NSFW checker on every result (both methods)")
     stylize.set_defaults(handler=command_stylize)

@@ -144,6 +144,8 @@ class Stylizer:
         profile: the profile for a hub id or local model (default: ``sdxl`` or ``sd15`` by the model's layout).
         safety_checker: run the model's NSFW checker (SD 1.5 ships one) on every result, whichever the method;
             a flagged result comes back black. Off by default.
+        resolution: the model runs on about ``resolution**2`` pixels, the photo's aspect ratio kept (default: the
+            profile's, e.g. 1024 for SDXL); lower is faster and needs less memory, at some cost in detail.
     """
 
     def __init__(
@@ -153,10 +155,12 @@ class Stylizer:
         device: str = "auto",
         profile: str | None = None,
         safety_checker: bool = False,
+        resolution: int | None = None,
     ):
         self.model = str(model)
         self.pipe = load_pipeline(self.model, task="img2img", device=device, safety_checker=safety_checker)
         self.profile = PROFILES[profile] if profile else profile_of(self.model, self.pipe)
+        self.resolution = resolution or self.profile.resolution
         self.checker = (
             (self.pipe.components.get("safety_checker"), self.pipe.components.get("feature_extractor")) if safety_checker else None
         )
@@ -229,7 +233,7 @@ class Stylizer:
         method = method or defaults.method
         guidance = defaults.guidance if guidance is None else guidance
         image = image.convert("RGB")
-        work = working_size(image.width, image.height, self.profile.resolution, self.multiple)
+        work = working_size(image.width, image.height, self.resolution, self.multiple)
         triggers = ", ".join(f"{self.trigger(name)} style" for name in styles)
         recipe = Recipe(
             model=self.model,

@@ -48,7 +48,9 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
         EvalConfig(styles=("anime", "3d"), kinds=False, style_strengths=(0.0, 1.0), content_strengths=(0.4, 0.8)), progress=False
     )
     systems = [r["system"] for r in evaluation.summary()]
-    references = [f"{style}/{kind}" for style in ("anime", "3d") for kind in ("photo", "blurred", "autoencoder", "target", "autoencoded_target")]
+    references = [
+        f"{style}/{kind}" for style in ("anime", "3d") for kind in ("photo", "blurred", "autoencoder", "target", "autoencoded_target")
+    ]
     assert systems == ["anime/base", "anime/lora", "3d/base", "3d/lora", *references]
     assert len(evaluation.verdicts()) == 2 and all("base model" in line for line in evaluation.verdicts())
     rows = {r["system"]: r for r in evaluation.summary()}

@@ -27,7 +27,7 @@ from stylekit.adapters import KINDS, AdapterMismatch, kohya_layer_names
 from stylekit.cli import main
 from stylekit.data import build_demo_sets
 from stylekit.models import ModelLoadError, load_pipeline, original_unet_names, pick_mixed_precision
-from stylekit.stylize import Stylizer
+from stylekit.stylize import Stylizer, read_recipe
 from stylekit.train import TrainConfig, train_adapter
 
 LAYOUTS = {"sd15": build_sd15, "sdxl": build_sdxl}
@@ -91,7 +91,7 @@ def test_every_kind_trains_reloads_and_stylizes(profile, kind, folders, dataset,
         fresh.load_lora_weights(str(result.folder), weight_name="pytorch_lora_weights.safetensors")
         torch.testing.assert_close(_unet_output(fresh), _unet_output(result.pipeline), atol=1e-5, rtol=1e-4)
 
-    stylizer = Stylizer(str(folders[profile]), device="cpu")
+    stylizer = Stylizer(str(folders[profile]), device="cpu", resolution=RESOLUTION)
     assert stylizer.profile.name == profile and kind in stylizer.styles
     photo = Image.new("RGB", (96, 80), (200, 120, 40))
     for method in ("img2img", "inversion"):
@@ -242,13 +242,13 @@ def test_cli_trains_and_stylizes_a_local_sdxl_folder(folders, dataset, outputs, 
     assert (outputs / "sdxl" / "loras" / "xl" / "xl.safetensors").exists()
     photo = tmp_path / "photo.png"
     Image.new("RGB", (80, 64), (20, 150, 90)).save(photo)
-    for method in ("img2img", "inversion"):
+    stylize = ["stylize", str(photo), "--style", "xl", "--model", str(folders["sdxl"]), "--steps", "4"]
+    for method, resolution in (("img2img", []), ("inversion", ["--resolution", str(RESOLUTION)])):
         target = tmp_path / f"{method}.png"
-        assert (
-            main(["stylize", str(photo), str(target), "--style", "xl", "--model", str(folders["sdxl"]), "--method", method, "--steps", "4"])
-            == 0
-        )
+        assert main([*stylize[:2], str(target), *stylize[2:], "--method", method, *resolution]) == 0
         assert Image.open(target).size == (80, 64)
+    assert min(read_recipe(tmp_path / "img2img.png").work_size) > 512  # the profile's 1024 px
+    assert read_recipe(tmp_path / "inversion.png").work_size == (64, 64)  # --resolution
 
 
 def test_profiles_keep_their_outputs_apart_and_an_adapter_names_its_profile(folders, dataset, outputs, trained_outputs):
@@ -308,7 +308,7 @@ def test_safety_checker_when_asked_judges_both_methods_alike(folders, dataset, o
             seen.append(images.shape)
             return images, [True] * len(images)
 
-    stylizer = Stylizer(str(folders["sd15"]), device="cpu")
+    stylizer = Stylizer(str(folders["sd15"]), device="cpu", resolution=RESOLUTION)
     photo = Image.new("RGB", (64, 64), (200, 120, 40))
     unchecked = stylizer.stylize(photo, "checked", steps=4, content_strength=0.5)[0]
     assert np.asarray(unchecked).max() > 0 and not seen  # off by default
