@@ -4,7 +4,8 @@
 
 On the tiny profile (CPU): seconds per image at the profile's defaults, for
 each stylize method (target: at most 1 s on a 2-core CPU), and the time a style switch adds (target: under 10 % of one stylization; adapters
-are loaded once, so switching is only ``set_adapters``). Trains the two demo
+are loaded once, so switching is only ``set_adapters``). Each of these stylizes the photo as if new; one more row
+moves only the style strength, as the stylizer's slider does, so the inversion recorded for the photo is replayed. Trains the two demo
 styles it needs if they are missing. With a CUDA GPU it also measures the SD
 1.5 UNet architecture at 512 px (random weights): UNet steps per second in
 eager mode and with ``torch.compile``, with a LoRA adapter fused and unfused.
@@ -41,14 +42,27 @@ def tiny_figures(repeats: int = 15) -> dict:
     photo = load_photos(split="held_out")[0].image
     for style in ("anime", "watercolor"):  # first use loads each adapter once
         stylizer.stylize(photo, style)
-    same = _median_seconds(lambda: stylizer.stylize(photo, "anime"), repeats)
-    per_method = {m: _median_seconds(lambda m=m: stylizer.stylize(photo, "anime", method=m), repeats) for m in METHODS}
+
+    def new_photo(style="anime", **settings):  # as for a photo not seen before: nothing recorded to replay
+        stylizer.recordings.clear()
+        stylizer.stylize(photo, style, **settings)
+
+    same = _median_seconds(new_photo, repeats)
+    per_method = {m: _median_seconds(lambda m=m: new_photo(method=m), repeats) for m in METHODS}
     styles = iter(["watercolor", "anime"] * repeats)
-    switching = _median_seconds(lambda: stylizer.stylize(photo, next(styles)), repeats)
+    switching = _median_seconds(lambda: new_photo(next(styles)), repeats)
+    strengths = iter([0.5, 1.0] * repeats)
+    replayed = _median_seconds(lambda: stylizer.stylize(photo, "anime", style_strength=next(strengths)), repeats)
     switch_only = (
         _median_seconds(lambda: (stylizer.activate({"watercolor": 1.0}, 1.0), stylizer.activate({"anime": 1.0}, 1.0)), repeats) / 2
     )
-    return {"seconds_per_image": same, "per_method": per_method, "seconds_per_image_switching": switching, "switch_seconds": switch_only}
+    return {
+        "seconds_per_image": same,
+        "per_method": per_method,
+        "seconds_per_image_switching": switching,
+        "seconds_per_image_replayed": replayed,
+        "switch_seconds": switch_only,
+    }
 
 
 def sd15_unet_steps_per_second(compiled: bool, fused: bool, steps: int = 30) -> float:
@@ -91,6 +105,7 @@ def main() -> None:
         f"guidance {defaults.guidance:g}) | {figures['seconds_per_image']:.3f} |",
         *[f"| seconds per image, method {method} | {seconds:.3f} |" for method, seconds in figures["per_method"].items()],
         f"| seconds per image, alternating two styles | {figures['seconds_per_image_switching']:.3f} |",
+        f"| seconds per image, the same photo at another style strength (inversion replayed) | {figures['seconds_per_image_replayed']:.3f} |",
         f"| style switch alone (`set_adapters`) | {figures['switch_seconds'] * 1000:.1f} ms = {share:.1%} of one stylization |",
         "",
     ]

@@ -97,6 +97,9 @@ class Recipe:
         return f"{self.full_prompt} {loras}".strip() + f"\nNegative prompt: {self.negative_prompt}\n" + ", ".join(settings)
 
 
+RECORDINGS_KEPT = 8  # inversions a Stylizer keeps (a few photos' worth): moving the style slider replays one
+
+
 def blend(first: str, second: str | None = None, share: float = 0.0) -> dict[str, float]:
     """Blend weights for one style, or two with ``share`` going to the second."""
     if not second or second == first or share <= 0:
@@ -168,6 +171,7 @@ class Stylizer:
             self.pipe.safety_checker = None  # run once, by check_safety, after either method
         self.styles = find_styles(styles_dir, self.profile.name)
         self.loaded: set[str] = set()
+        self.recordings: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # inversions recorded, least recently used first
         self.ddpm = DDPMScheduler.from_config(self.pipe.scheduler.config)  # the training noise schedule, for inversion
         self.prediction = prediction_type(self.ddpm)  # what the UNet's output means: epsilon or velocity
         unet_levels = len(self.pipe.unet.config.block_out_channels)
@@ -357,24 +361,37 @@ class Stylizer:
         self.ddpm.set_timesteps(recipe.steps)
         timesteps = self.ddpm.timesteps.tolist()[-denoising_steps(recipe) :]
         steps = list(zip(timesteps, timesteps[1:] + [-1]))
-        photo = self.encode(recipe.source)
-        alphas = self.ddpm.alphas_cumprod
-        noisy = {
-            t: alphas[t].sqrt() * photo + (1 - alphas[t]).sqrt() * torch.randn(photo.shape, generator=generator).to(photo)
-            for t in timesteps
-        }
-        noisy[-1] = photo
-        self.activate({}, 0.0)
-        base = (self._conditioning(recipe), recipe.guidance)  # encoded per pass: an adapter may reach the text encoder
-        residuals = [
-            noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._predicted_clean(noisy[t], t, *base)) for t, t_prev in steps
-        ]
+        latents, residuals = self._recording(recipe, timesteps, steps, generator)
         self.activate(recipe.styles, recipe.style_strength)
         styled = (self._conditioning(recipe), recipe.guidance)
-        latents = noisy[timesteps[0]]
         for (t, t_prev), residual in zip(steps, residuals):
             latents = self._posterior_mean(latents, t, t_prev, self._predicted_clean(latents, t, *styled)) + residual
         return self.decode(latents)
+
+    def _recording(self, recipe: Recipe, timesteps: list[int], steps: list[tuple[int, int]], generator) -> tuple[torch.Tensor, list]:
+        """The inversion's start latents and per-step residuals, recorded with the base model. The last
+        :data:`RECORDINGS_KEPT` used are kept: another style strength or adapter on the same photo and prompt replays one."""
+        key = (hashlib.sha256(recipe.source.tobytes()).hexdigest(), recipe.work_size, tuple(timesteps), recipe.seed)
+        key += (recipe.full_prompt, recipe.negative_prompt, recipe.guidance)
+        recording = self.recordings.pop(key, None)
+        if recording is None:
+            photo = self.encode(recipe.source)
+            alphas = self.ddpm.alphas_cumprod
+            noisy = {
+                t: alphas[t].sqrt() * photo + (1 - alphas[t]).sqrt() * torch.randn(photo.shape, generator=generator).to(photo)
+                for t in timesteps
+            }
+            noisy[-1] = photo
+            self.activate({}, 0.0)
+            base = (self._conditioning(recipe), recipe.guidance)  # encoded per pass: an adapter may reach the text encoder
+            residuals = [
+                noisy[t_prev] - self._posterior_mean(noisy[t], t, t_prev, self._predicted_clean(noisy[t], t, *base)) for t, t_prev in steps
+            ]
+            recording = (noisy[timesteps[0]], residuals)
+        self.recordings[key] = recording  # the most recently used last
+        while len(self.recordings) > RECORDINGS_KEPT:
+            del self.recordings[next(iter(self.recordings))]
+        return recording
 
     def stylize_folder(self, source: Path, target: Path, style, share: tuple[int, int] = (0, 1), **settings) -> list[Path]:
         """Stylize every image in ``source`` into ``target`` (PNG with recipe), with a progress bar.

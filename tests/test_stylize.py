@@ -70,8 +70,29 @@ def test_content_strength_sets_the_inversion_steps_exactly(stylizer, photo, monk
     calls = []
     predict = stylizer._predicted_clean
     monkeypatch.setattr(stylizer, "_predicted_clean", lambda *args: calls.append(args[1]) or predict(*args))
+    stylizer.recordings.clear()
     stylizer.stylize(photo, "anime", content_strength=content, steps=20, method="inversion")
     assert len(calls) == 2 * runs  # the recording pass with the base model, then the replay with the style
+
+
+def test_a_recorded_inversion_is_replayed_for_another_style_strength(stylizer, photo, monkeypatch):
+    calls = []
+    predict = stylizer._predicted_clean
+    monkeypatch.setattr(stylizer, "_predicted_clean", lambda *args: calls.append(args[1]) or predict(*args))
+    stylizer.recordings.clear()
+    stylizer.stylize(photo, "anime", style_strength=0.5, seed=7, method="inversion")
+    replayed, recipe = stylizer.stylize(photo, "anime", style_strength=1.0, seed=7, method="inversion")
+    runs = stylize.denoising_steps(recipe)
+    assert len(calls) == 3 * runs  # recorded once, replayed twice
+    stylizer.recordings.clear()
+    recorded, _ = stylizer.stylize(photo, "anime", style_strength=1.0, seed=7, method="inversion")
+    assert len(calls) == 5 * runs
+    np.testing.assert_array_equal(_array(replayed), _array(recorded))  # a replay is exactly a new recording's result
+    stylizer.stylize(photo, "anime", style_strength=1.0, seed=8, method="inversion")  # another seed: other noise, recorded anew
+    assert len(calls) == 7 * runs
+    for seed in range(stylize.RECORDINGS_KEPT + 2):
+        stylizer.stylize(photo, "anime", content_strength=0.9, seed=seed, method="inversion")
+    assert len(stylizer.recordings) == stylize.RECORDINGS_KEPT  # the oldest go
 
 
 def test_inversion_keeps_the_photo_where_img2img_redraws_it(stylizer):
