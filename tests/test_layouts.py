@@ -242,10 +242,10 @@ def test_cli_trains_and_stylizes_a_local_sdxl_folder(folders, dataset, outputs, 
     assert (outputs / "sdxl" / "loras" / "xl" / "xl.safetensors").exists()
     photo = tmp_path / "photo.png"
     Image.new("RGB", (80, 64), (20, 150, 90)).save(photo)
-    stylize = ["stylize", str(photo), "--style", "xl", "--model", str(folders["sdxl"]), "--steps", "4"]
+    options = ["--style", "xl", "--model", str(folders["sdxl"]), "--steps", "4"]
     for method, resolution in (("img2img", []), ("inversion", ["--resolution", str(RESOLUTION)])):
         target = tmp_path / f"{method}.png"
-        assert main([*stylize[:2], str(target), *stylize[2:], "--method", method, *resolution]) == 0
+        assert main(["stylize", str(photo), str(target), *options, "--method", method, *resolution]) == 0
         assert Image.open(target).size == (80, 64)
     assert min(read_recipe(tmp_path / "img2img.png").work_size) > 512  # the profile's 1024 px
     assert read_recipe(tmp_path / "inversion.png").work_size == (64, 64)  # --resolution
