@@ -109,13 +109,20 @@ def cpu_threads(wanted: int = 0, processes: int = 1):
     cores (cores / ``processes``), so that processes training side by side do not spin against each other. A count the
     user chose with ``OMP_NUM_THREADS`` is kept. The previous count is restored afterwards."""
     previous = torch.get_num_threads()
-    if "OMP_NUM_THREADS" not in os.environ:
-        share = max(1, available_cores() // processes)
-        torch.set_num_threads(min(wanted, share) if wanted else share)
+    torch.set_num_threads(thread_share(wanted, processes))
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def thread_share(wanted: int = 0, processes: int = 1) -> int:
+    """The torch threads :func:`cpu_threads` runs a block with: ``wanted`` (0: all of this process's share of the
+    cores), at most that share; the current count when the user chose one with ``OMP_NUM_THREADS``."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    share = max(1, available_cores() // processes)
+    return min(wanted, share) if wanted else share
 
 
 def bf16_native() -> bool:

@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ from .models import (
     pick_mixed_precision,
     quiet_loading,
     text_encoders,
+    thread_share,
 )
 from .paths import outputs_dir, profile_dir
 from .plots import image_grid, loss_curve
@@ -247,7 +249,22 @@ def _encode_jobs(dataset: PreparedDataset) -> dict[tuple[int, int], list[tuple[s
     return by_size
 
 
+def latent_key(kind: str, index: int, mirrored: bool) -> str:
+    """The cache's name of one latent: ``kind`` is "latent" (the styled image) or "source" (its photo)."""
+    return f"{kind}_flip.{index}" if mirrored else f"{kind}.{index}"
+
+
 @torch.no_grad()
+def _encode_batch(vae, images: list[tuple[Image.Image, bool]]) -> torch.Tensor:
+    """Latents of same-sized ``(image, mirrored)`` pairs, in one pass through the autoencoder (channels-last layout)."""
+    pixels = torch.cat([_pixels(image).flip(-1) if mirrored else _pixels(image) for image, mirrored in images])
+    return encode_pixels(vae, pixels.contiguous(memory_format=torch.channels_last)).cpu()
+
+
+def _chunk_size(image: Image.Image) -> int:
+    return max(1, ENCODE_PIXELS // (image.width * image.height))
+
+
 def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch.Tensor]:
     """Scaled posterior means of every image (and its mirror image), and of its source photo in a paired dataset.
 
@@ -258,20 +275,91 @@ def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch
     by_size = _encode_jobs(dataset)
     pipe.vae.to(memory_format=torch.channels_last)
     with progress_bar(total=sum(map(len, by_size.values())), desc="caching latents", leave=False) as bar:
-        for (width, height), jobs in by_size.items():
-            chunk = max(1, ENCODE_PIXELS // (width * height))
+        for jobs in by_size.values():
+            chunk = _chunk_size(jobs[0][2])
             for first in range(0, len(jobs), chunk):
                 part = jobs[first : first + chunk]
-                pixels = torch.cat([_pixels(image) for _, _, image in part])
-                pixels = torch.cat([pixels, pixels.flip(-1)]) if flip else pixels
-                encoded = encode_pixels(pipe.vae, pixels.contiguous(memory_format=torch.channels_last)).cpu()
-                for row, (kind, index, _) in enumerate(part):
-                    latents[f"{kind}.{index}"] = encoded[row].contiguous()
-                    if flip:
-                        latents[f"{kind}_flip.{index}"] = encoded[len(part) + row].contiguous()
+                orientations = (False, True) if flip else (False,)
+                keys = [latent_key(kind, index, mirrored) for mirrored in orientations for kind, index, _ in part]
+                encoded = _encode_batch(pipe.vae, [(image, mirrored) for mirrored in orientations for _, _, image in part])
+                latents.update((key, latent.contiguous()) for key, latent in zip(keys, encoded))
                 bar.update(len(part))
     pipe.vae.to(memory_format=torch.contiguous_format)  # as loaded: later images match those of a fresh pipeline
     return latents
+
+
+def first_use_order(cfg: TrainConfig, dataset: PreparedDataset, buckets: dict[tuple[int, int], list[int]]) -> list[tuple[str, int, bool]]:
+    """Every latent of :func:`encode_images` as ``(kind, index, mirrored)``: those the run's steps read, in the order
+    they first read them (the draws replay from the seed), then the others."""
+    kinds = [(kind, index) for kind, index, _ in (job for jobs in _encode_jobs(dataset).values() for job in jobs)]
+    sourced = {index for kind, index in kinds if kind == "source"}
+    order: dict[tuple[str, int, bool], None] = {}
+    for step in range(cfg.steps):
+        picks, mirrored, _ = _step_picks(cfg, buckets, step, processes=1)
+        for index, flag in zip(picks, mirrored.tolist()):
+            order[("latent", index, flag)] = None
+            if index in sourced:
+                order[("source", index, flag)] = None
+    for kind, index in kinds:
+        for flag in (False, True) if cfg.flip else (False,):
+            order.setdefault((kind, index, flag), None)
+    return list(order)
+
+
+class BackgroundLatents(dict):
+    """The latents of :func:`encode_images`, encoded by a background thread in the order training first reads them
+    (:func:`first_use_order`): a lookup waits until its latent is there. When training leaves CPU cores idle (the tiny
+    profile trains on one thread), caching then costs it almost no time. ``on_done`` gets all latents at the end."""
+
+    def __init__(self, pipe, dataset: PreparedDataset, order: list[tuple[str, int, bool]], threads: int, on_done):
+        super().__init__()
+        self._expected = {latent_key(*job) for job in order}
+        self._ready = threading.Condition()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._encode, args=(pipe.vae, dataset, order, threads, on_done), name="caching latents", daemon=True
+        )
+        self._thread.start()
+
+    def _encode(self, vae, dataset: PreparedDataset, order, threads: int, on_done) -> None:
+        try:
+            torch.set_num_threads(threads)  # this thread's own count: training keeps its own
+            image = {("latent", i): im for i, im in enumerate(dataset.images)} | {("source", i): im for i, im in enumerate(dataset.sources)}
+            chunks: list[list] = []
+            for kind, index, mirrored in order:  # consecutive jobs of one size, at most a chunk at a time
+                job = (latent_key(kind, index, mirrored), image[kind, index], mirrored)
+                last = chunks[-1] if chunks else None
+                if last and last[0][1].size == job[1].size and len(last) < _chunk_size(job[1]):
+                    last.append(job)
+                else:
+                    chunks.append([job])
+            for chunk in chunks:
+                encoded = _encode_batch(vae, [(im, mirrored) for _, im, mirrored in chunk])
+                with self._ready:
+                    for (key, _, _), latent in zip(chunk, encoded):
+                        dict.__setitem__(self, key, latent.contiguous())
+                    self._ready.notify_all()
+            on_done(dict(self))
+        except BaseException as error:  # handed to the training thread, which waits on this one
+            with self._ready:
+                self._error = error
+                self._ready.notify_all()
+
+    def __contains__(self, key) -> bool:
+        return key in self._expected
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        with self._ready:
+            self._ready.wait_for(lambda: dict.__contains__(self, key) or self._error is not None)
+        if self._error is not None:
+            raise RuntimeError(f"caching the latents failed: {self._error}") from self._error
+        return dict.__getitem__(self, key)
+
+    def finish(self) -> None:
+        """Wait until every latent is encoded and the cache is written."""
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"caching the latents failed: {self._error}") from self._error
 
 
 def caption_conditioning(pipe, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -295,26 +383,32 @@ def _per_caption(captions: list[str], stacked: dict[str, torch.Tensor]) -> dict[
 
 
 def load_or_build_cache(
-    pipe, dataset: PreparedDataset, flip: bool, cache_dir: Path
+    pipe, dataset: PreparedDataset, flip: bool, cache_dir: Path, background: tuple[list, int] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], bool]:
     """Latents per image and text conditioning per distinct caption, from ``cache_dir`` when the key matches.
 
     Returns ``(latents, conditioning_by_caption, was_cached)``; each caption's conditioning maps
-    ``"states"`` (and for SDXL ``"pooled"``) to a tensor.
+    ``"states"`` (and for SDXL ``"pooled"``) to a tensor. ``background=(order, threads)``: a missing cache's latents
+    are encoded by a thread of ``threads`` torch threads in that order (:class:`BackgroundLatents`) while the caller
+    goes on; the file is written when that thread is done.
     """
     captions = sorted({dataset.caption(i) for i in range(len(dataset))} | {dataset.trigger or ""})
     path = cache_dir / f"{cache_key(pipe, dataset, captions, flip)}.safetensors"
     if path.exists():
         tensors, state = load_checkpoint(path)
-        was_cached = True
+        text = {key.partition(".")[2]: tensors.pop(key) for key in [k for k in tensors if k.startswith("text.")]}
+        return tensors, _per_caption(state["captions"], text), True
+    text = encode_captions(pipe, captions)
+
+    def save(latents: dict[str, torch.Tensor]) -> None:
+        save_checkpoint(path, {**latents, **{f"text.{kind}": tensor for kind, tensor in text.items()}}, {"captions": captions})
+
+    if background is None:
+        latents = encode_images(pipe, dataset, flip)
+        save(latents)
     else:
-        tensors = encode_images(pipe, dataset, flip)
-        tensors.update({f"text.{kind}": tensor for kind, tensor in encode_captions(pipe, captions).items()})
-        state = {"captions": captions}
-        save_checkpoint(path, tensors, state)
-        was_cached = False
-    text = {key.partition(".")[2]: tensors.pop(key) for key in [k for k in tensors if k.startswith("text.")]}
-    return tensors, _per_caption(state["captions"], text), was_cached
+        latents = BackgroundLatents(pipe, dataset, *background, on_done=save)
+    return latents, _per_caption(captions, text), False
 
 
 # ---------------------------------------------------------------------------
@@ -386,11 +480,17 @@ class StepDraw:
         return slice(first, first + batch)
 
 
-def _draw_step(cfg, scheduler, latents, buckets, step: int, processes: int) -> StepDraw:
+def _step_picks(cfg, buckets, step: int, processes: int) -> tuple[list[int], torch.Tensor, torch.Generator]:
+    """The step's items and mirror flags, and its generator, which draws the rest of the step next."""
     generator = _step_generator(cfg.seed, step)
-    items = cfg.batch_size * processes * cfg.gradient_accumulation
-    picks, mirrored = _global_batch(buckets, items, cfg.flip, generator)
-    shape = (items, *latents[f"latent.{picks[0]}"].shape)
+    picks, mirrored = _global_batch(buckets, cfg.batch_size * processes * cfg.gradient_accumulation, cfg.flip, generator)
+    return picks, mirrored, generator
+
+
+def _draw_step(cfg, scheduler, latent_shape, buckets, step: int, processes: int) -> StepDraw:
+    picks, mirrored, generator = _step_picks(cfg, buckets, step, processes)
+    items = len(picks)
+    shape = (items, *latent_shape(picks[0]))
     noise = torch.randn(shape, generator=generator)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((*shape[:2], 1, 1), generator=generator)
@@ -403,10 +503,10 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
     """The loss of this process's share of one micro-batch of the step's draw."""
     share = draw.share(micro, accelerator.process_index, accelerator.num_processes, cfg.batch_size)
     items = list(zip(draw.picks[share], draw.mirrored[share]))
-    x0 = torch.stack([latents[f"latent_flip.{i}" if m else f"latent.{i}"] for i, m in items])
+    x0 = torch.stack([latents[latent_key("latent", i, m)] for i, m in items])
     start = x0
     if cfg.paired and f"source.{items[0][0]}" in latents:
-        sources = torch.stack([latents[f"source_flip.{i}" if m else f"source.{i}"] for i, m in items])
+        sources = torch.stack([latents[latent_key("source", i, m)] for i, m in items])
         start = torch.where(torch.tensor(draw.unpaired[share])[:, None, None, None], x0, sources)
     size_ids = torch.tensor([dataset.windows[i].time_ids(dataset.images[i].size, m) for i, m in items])
     device = accelerator.device
@@ -566,7 +666,10 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     )
     report = check_dataset(cfg.dataset, min_size=cfg.resolution // 2)
     dataset = prepare_dataset(report, cfg.resolution, trigger=cfg.trigger, caption_dropout=cfg.caption_dropout, seed=cfg.seed)
-    latents, embeddings, _ = load_or_build_cache(pipe, dataset, cfg.flip, outputs_dir() / "cache")
+    buckets = dataset.buckets()  # item indices by image size, fixed for the run
+    spare = _spare_threads(cfg, accelerator)
+    background = (first_use_order(cfg, dataset, buckets), spare) if spare else None
+    latents, embeddings, _ = load_or_build_cache(pipe, dataset, cfg.flip, outputs_dir() / "cache", background)
     data_key = cache_key(pipe, dataset, dataset.captions, cfg.flip)
 
     encoders = text_encoders(pipe)
@@ -588,7 +691,6 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     start, losses = _resume(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler)
     photo = center_square(load_photos(split="held_out")[0].image, cfg.resolution)
 
-    buckets = dataset.buckets()  # item indices by image size, fixed for the run
     unet.train()
     started = time.perf_counter()
     bar = progress_bar(
@@ -599,6 +701,7 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
         disable=not (progress and accelerator.is_main_process),
         mininterval=1.0,  # one update a second, not one a step (a flood drops a kernel's messages)
     )
+    latent_shape = partial(_latent_shape, pipe, dataset)
     on_cpu = accelerator.device.type == "cpu"
     threads = cpu_threads(cfg.cpu_threads, accelerator.num_processes) if on_cpu else nullcontext()
     with threads, MemoryMonitor() as memory:  # what training adds on top of the loaded model and data
@@ -606,7 +709,7 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
         for step in bar:
             dataset.epoch = step
             step_loss = 0.0
-            draw = _draw_step(cfg, scheduler, latents, buckets, step, accelerator.num_processes)
+            draw = _draw_step(cfg, scheduler, latent_shape, buckets, step, accelerator.num_processes)
             for micro in range(cfg.gradient_accumulation):
                 sync = micro == cfg.gradient_accumulation - 1
                 with nullcontext() if sync else accelerator.no_sync(unet):
@@ -630,7 +733,9 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
             if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 _save_training_state(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler, done, losses)
             if accelerator.is_main_process and cfg.validation_every and done % cfg.validation_every == 0 and done < cfg.steps:
+                _finish_caching(latents)  # the autoencoder is the caching thread's until then
                 _save_validation(pipe, unet, cfg, photo, run_dir, done)
+        _finish_caching(latents)
     seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()
     unet.eval()
@@ -698,6 +803,26 @@ def trainings_at_once(profile: str) -> int:
 
 
 ESTIMATE_AFTER = 10  # steps timed before the estimate of the time left is printed
+
+
+def _spare_threads(cfg: TrainConfig, accelerator) -> int:
+    """Torch threads this process's share of the cores has beyond training's own (0 on a GPU, or when the user set
+    ``OMP_NUM_THREADS``): what caching latents in the background may use."""
+    if accelerator.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return 0
+    processes = accelerator.num_processes
+    return max(0, available_cores() // processes - thread_share(cfg.cpu_threads, processes))
+
+
+def _latent_shape(pipe, dataset: PreparedDataset, index: int) -> tuple[int, int, int]:
+    width, height = dataset.images[index].size
+    factor = pipe.vae_scale_factor
+    return (pipe.vae.config.latent_channels, height // factor, width // factor)
+
+
+def _finish_caching(latents) -> None:
+    if isinstance(latents, BackgroundLatents):
+        latents.finish()
 
 
 def _print_estimate(cfg: TrainConfig, steps: int, seconds: float, processes: int) -> None:

@@ -16,7 +16,16 @@ from stylekit.cli import main
 from stylekit.data import build_demo_sets, prepare_dataset
 from stylekit.models import as_task, load_pipeline
 from stylekit.profiles import get_profile
-from stylekit.train import CHECKPOINT, TrainConfig, TrainingDiverged, load_or_build_cache, train_adapter
+from stylekit.train import (
+    CHECKPOINT,
+    BackgroundLatents,
+    TrainConfig,
+    TrainingDiverged,
+    first_use_order,
+    latent_key,
+    load_or_build_cache,
+    train_adapter,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +131,37 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(anime_set, outputs):
     dataset.images[1] = dataset.images[1].transpose(0)
     _, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=cache)
     assert not cached
+
+
+def test_latents_cached_in_the_background_equal_those_cached_first(anime_set, outputs):
+    pipe = load_pipeline("tiny")
+    dataset = prepare_dataset(anime_set, 64, trigger="anime")
+    config = TrainConfig(name="anime", dataset=str(anime_set), steps=3, batch_size=2).resolved()
+    order = first_use_order(config, dataset, dataset.buckets())
+    first, _, _ = load_or_build_cache(pipe, dataset, flip=True, cache_dir=outputs / "first")
+    assert len(order) == len(set(order)) and {latent_key(*job) for job in order} == set(first)  # every latent, once
+
+    background, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=outputs / "background", background=(order, 1))
+    assert isinstance(background, BackgroundLatents) and not cached
+    assert all(torch.equal(background[key], first[key]) for key in first)  # each lookup waits for its latent
+    background.finish()
+    stored, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=outputs / "background")
+    assert cached and all(torch.equal(stored[key], first[key]) for key in first)
+
+
+def test_a_failure_while_caching_in_the_background_reaches_training(anime_set, outputs, monkeypatch):
+    pipe = load_pipeline("tiny")
+    dataset = prepare_dataset(anime_set, 64, trigger="anime")
+
+    def broken(*args, **kwargs):
+        raise ValueError("broken autoencoder")
+
+    monkeypatch.setattr(pipe.vae, "encode", broken)
+    order = first_use_order(TrainConfig(name="anime", dataset=str(anime_set), steps=1).resolved(), dataset, dataset.buckets())
+    latents, _, _ = load_or_build_cache(pipe, dataset, flip=True, cache_dir=outputs / "cache", background=(order, 1))
+    with pytest.raises(RuntimeError, match="caching the latents failed: broken autoencoder"):
+        latents[latent_key(*order[0])]
+    assert not list((outputs / "cache").glob("*.safetensors"))  # no half-built cache is left to be reused
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(anime_set, outputs):
