@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from stylekit.models import cpu_name
-
 RESULTS = Path(__file__).with_name("RESULTS.md")
 NO_GPU = "No CUDA GPU on this machine: the SD 1.5 measurements were not run."
 
 
 def machine() -> str:
+    from stylekit.models import cpu_name  # here, not at import: the workers of --against import another commit's stylekit
+
     return f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 

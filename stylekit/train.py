@@ -4,7 +4,9 @@
 
 The VAE latents (and their mirror images) and the caption embeddings (for
 SDXL: both text encoders' states and the pooled embedding) are computed once
-per dataset and cached on disk, so each step runs only the UNet. SDXL's size
+per dataset and cached on disk, so each step runs only the UNet; on a CPU whose
+training leaves cores idle, a background thread encodes them there while the
+first steps run, in the order the steps read them. SDXL's size
 conditioning (original size, crop, target size) comes with each image. The
 objective follows the model's scheduler: epsilon or v-prediction. A checkpoint (adapter, optimizer, LR schedule, RNG, step) is written
 atomically every ``checkpoint_every`` steps and a rerun with the same
@@ -757,11 +759,11 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
 STEPS_DONE = re.compile(r"training [^:]*:.*?(\d+)/(\d+) \[")  # a trainer's bar on stderr: "training lora:  45%|...| 134/300 ["
 
 
-def _follow(command: list[str], name: str, steps_done: dict[str, int], total: int) -> tuple[int, str]:
+def _follow(command: list[str], name: str, steps_done: dict[str, int], total: int, env: dict[str, str]) -> tuple[int, str]:
     """Run ``command``, noting in ``steps_done[name]`` that it started and then the steps its own progress bar reports;
     returns the exit code and its last messages."""
     steps_done[name] = 0
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     tail = ""
     while chunk := os.read(process.stderr.fileno(), 4096):
         tail = (tail + chunk.decode(errors="replace"))[-2000:]
@@ -774,11 +776,16 @@ def _follow(command: list[str], name: str, steps_done: dict[str, int], total: in
 def run_trainings(commands: dict[str, list[str]], total: int, at_once: int = 1, progress: bool = True) -> None:
     """Run ``stylekit train`` commands (name -> command line of ``total`` steps each), ``at_once`` at a time, each in its
     own process; a bar per training appears when it starts. The bars are drawn here, in the caller's thread (a notebook
-    takes output from there), from the steps each process reports. Raises if a training failed, with its last messages."""
+    takes output from there), from the steps each process reports. Raises if a training failed, with its last messages.
+    Side by side on a CPU, each process gets its share of the cores as ``OMP_NUM_THREADS`` (unless the user set it): its
+    caching and loading then do not spin against the other's training."""
     steps_done: dict[str, int] = {}  # name -> steps, from the moment its process starts
     bars = {}
+    env = dict(os.environ)
+    if at_once > 1 and pick_device().type == "cpu":
+        env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // at_once)))
     with ThreadPoolExecutor(at_once) as pool:
-        runs = {name: pool.submit(_follow, command, name, steps_done, total) for name, command in commands.items()}
+        runs = {name: pool.submit(_follow, command, name, steps_done, total, env) for name, command in commands.items()}
         while len(bars) < len(commands) or any(not bar.disable for bar in bars.values()):
             for name in [n for n in commands if n in steps_done]:
                 if name not in bars:
