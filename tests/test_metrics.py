@@ -234,3 +234,14 @@ def test_judge_check_flags_what_the_judge_can_and_cannot_tell(reference, held_ou
     assert rows["pencil_sketch"]["valid"] and rows["pencil_sketch"]["on_target"] > 0.9 and rows["pencil_sketch"]["on_photo"] < 0.05
     for row in rows.values():
         assert row["valid"] == (row["on_target"] >= metrics.JUDGE_ON_TARGET and row["on_photo"] <= metrics.JUDGE_ON_PHOTO)
+
+
+def test_image_statistics_of_a_batch_are_each_images_own():
+    photo = center_square(load_photos(split="held_out")[0].image, 64)
+    flat = Image.new("RGB", (64, 64), (200, 40, 40))
+    together = metrics.image_statistics([photo, flat, apply_style("anime", photo)])
+    for row, image in zip(together, (photo, flat, apply_style("anime", photo))):
+        assert torch.equal(row, metrics.image_statistics([image])[0])
+    # one colour: no saturation spread, no edges, no local variance, a palette of one colour in 64 x 64 pixels
+    assert torch.equal(together[1][[6, 7, 8, 9, 10, 11]], torch.zeros(6)) and together[1][12] == pytest.approx(1 / 4096)
+    assert together[2][12] < together[0][12]  # the anime filter's flat colours: fewer distinct colours than the photo
