@@ -291,3 +291,21 @@ def test_trainings_side_by_side_fill_the_cores_without_oversubscribing(monkeypat
     assert train.trainings_at_once("sd15") == 1  # a training that takes every core (or a GPU) runs alone
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert train.trainings_at_once("tiny") == 2
+
+
+def test_trainings_side_by_side_each_get_their_share_of_the_cores_as_omp_threads(monkeypatch):
+    from stylekit import train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(train, "available_cores", lambda: 4)
+    monkeypatch.setattr(train, "pick_device", lambda *args: torch.device("cpu"))
+
+    def expecting(value):  # a process that fails unless it sees OMP_NUM_THREADS == value
+        return [sys.executable, "-c", f"import os, sys; sys.exit(os.environ.get('OMP_NUM_THREADS') != {value!r})"]
+
+    train.run_trainings({"a": expecting("2"), "b": expecting("2")}, total=1, at_once=2, progress=False)
+    train.run_trainings({"alone": expecting(None)}, total=1, at_once=1, progress=False)  # one at a time: all the cores
+    with pytest.raises(RuntimeError, match="training a failed"):
+        train.run_trainings({"a": expecting("4")}, total=1, at_once=2, progress=False)  # the check itself can fail
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    train.run_trainings({"a": expecting("3")}, total=1, at_once=2, progress=False)  # the user's choice is kept
