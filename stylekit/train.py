@@ -211,12 +211,19 @@ class TrainResult:
 # ---------------------------------------------------------------------------
 
 
+BITS_AS_INTEGERS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # a tensor's bits, by element size
+
+
 def _fingerprint(*modules) -> str:
-    """A cheap identity of frozen weights: names, shapes and sums of every tensor."""
+    """A cheap identity of frozen weights: names, shapes, dtypes and the integer sum of every tensor's raw bits.
+
+    Integer sums are exact in any order, so the identity is the same on any device and thread count (a float sum was
+    not: a process on one thread and one on two gave different keys, and one could not resume the other's run)."""
     digest = hashlib.sha256()
     for module in modules:
         for name, tensor in module.state_dict().items():
-            digest.update(f"{name}{tuple(tensor.shape)}{float(tensor.float().sum()):.6e}".encode())
+            bits = tensor.detach().contiguous().view(BITS_AS_INTEGERS[tensor.element_size()])
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{int(bits.sum(dtype=torch.int64))}".encode())
     return digest.hexdigest()[:16]
 
 

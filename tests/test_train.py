@@ -14,13 +14,14 @@ from stylekit.adapters import adapter_file, load_adapter
 from stylekit.checkpoints import load_checkpoint
 from stylekit.cli import main
 from stylekit.data import build_demo_sets, prepare_dataset
-from stylekit.models import as_task, load_pipeline
+from stylekit.models import as_task, cpu_threads, load_pipeline
 from stylekit.profiles import get_profile
 from stylekit.train import (
     CHECKPOINT,
     BackgroundLatents,
     TrainConfig,
     TrainingDiverged,
+    cache_key,
     first_use_order,
     latent_key,
     load_or_build_cache,
@@ -131,6 +132,18 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(anime_set, outputs):
     dataset.images[1] = dataset.images[1].transpose(0)
     _, _, cached = load_or_build_cache(pipe, dataset, flip=True, cache_dir=cache)
     assert not cached
+
+
+def test_the_cache_key_is_the_same_on_any_thread_count(anime_set):
+    pipe = load_pipeline("tiny")
+    dataset = prepare_dataset(anime_set, 64, trigger="anime")
+    keys = set()
+    for threads in (1, 2):
+        with cpu_threads(threads):
+            keys.add(cache_key(pipe, dataset, dataset.captions, flip=True))
+    assert len(keys) == 1  # a run on one thread resumes a run on two
+    pipe.vae.decoder.conv_out.bias.data[0] += 1e-3
+    assert cache_key(pipe, dataset, dataset.captions, flip=True) not in keys  # the weights count, to the last bit
 
 
 def test_latents_cached_in_the_background_equal_those_cached_first(anime_set, outputs):
