@@ -297,19 +297,21 @@ def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch
     return latents
 
 
-def first_use_order(cfg: TrainConfig, dataset: PreparedDataset, buckets: dict[tuple[int, int], list[int]]) -> list[tuple[str, int, bool]]:
+def first_use_order(
+    cfg: TrainConfig, dataset: PreparedDataset, buckets: dict[tuple[int, int], list[int]], processes: int = 1
+) -> list[tuple[str, int, bool]]:
     """Every latent of :func:`encode_images` as ``(kind, index, mirrored)``: those the run's steps read, in the order
     they first read them (the draws replay from the seed), then the others."""
-    kinds = [(kind, index) for kind, index, _ in (job for jobs in _encode_jobs(dataset).values() for job in jobs)]
-    sourced = {index for kind, index in kinds if kind == "source"}
+    images = [(kind, index) for jobs in _encode_jobs(dataset).values() for kind, index, _ in jobs]
+    sourced = {index for kind, index in images if kind == "source"}
     order: dict[tuple[str, int, bool], None] = {}
     for step in range(cfg.steps):
-        picks, mirrored, _ = _step_picks(cfg, buckets, step, processes=1)
+        picks, mirrored, _ = _step_picks(cfg, buckets, step, processes)
         for index, flag in zip(picks, mirrored.tolist()):
             order[("latent", index, flag)] = None
             if index in sourced:
                 order[("source", index, flag)] = None
-    for kind, index in kinds:
+    for kind, index in images:
         for flag in (False, True) if cfg.flip else (False,):
             order.setdefault((kind, index, flag), None)
     return list(order)
@@ -677,7 +679,7 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     dataset = prepare_dataset(report, cfg.resolution, trigger=cfg.trigger, caption_dropout=cfg.caption_dropout, seed=cfg.seed)
     buckets = dataset.buckets()  # item indices by image size, fixed for the run
     spare = _spare_threads(cfg, accelerator)
-    background = (first_use_order(cfg, dataset, buckets), spare) if spare else None
+    background = (first_use_order(cfg, dataset, buckets, accelerator.num_processes), spare) if spare else None
     latents, embeddings, _ = load_or_build_cache(pipe, dataset, cfg.flip, outputs_dir() / "cache", background)
     data_key = cache_key(pipe, dataset, dataset.captions, cfg.flip)
 
