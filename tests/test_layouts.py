@@ -317,3 +317,24 @@ def test_safety_checker_when_asked_judges_both_methods_alike(folders, dataset, o
         image = stylizer.stylize(photo, "checked", method=method, steps=4, content_strength=0.5)[0]
         assert np.asarray(image).max() == 0, method
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("profile", list(LAYOUTS))
+def test_latents_cached_in_the_background_train_the_same_layouts(profile, folders, dataset, outputs, monkeypatch):
+    started = []
+
+    class Recorded(train_module.BackgroundLatents):
+        def __init__(self, *args, **kwargs):
+            started.append(True)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "BackgroundLatents", Recorded)
+    monkeypatch.setattr(train_module, "available_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    result = train_adapter(_config(profile, folders[profile], dataset, "background", cpu_threads=1), progress=False)
+    assert started and result.files["kohya"].exists()  # one training thread of two cores: the other one cached
+    assert np.isfinite(result.losses).all()
+    (cache,) = (outputs / "cache").glob("*.safetensors")
+    with safe_open(str(cache), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert {"latent.0", "latent_flip.0", "source.0", "source_flip.0"} <= keys  # written in full once the thread was done
