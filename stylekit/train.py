@@ -516,7 +516,7 @@ def _micro_batch_loss(cfg, pipe, unet, scheduler, latents, embeddings, dataset, 
     items = list(zip(draw.picks[share], draw.mirrored[share]))
     x0 = torch.stack([latents[latent_key("latent", i, m)] for i, m in items])
     start = x0
-    if cfg.paired and f"source.{items[0][0]}" in latents:
+    if cfg.paired and latent_key("source", items[0][0], False) in latents:
         sources = torch.stack([latents[latent_key("source", i, m)] for i, m in items])
         start = torch.where(torch.tensor(draw.unpaired[share])[:, None, None, None], x0, sources)
     size_ids = torch.tensor([dataset.windows[i].time_ids(dataset.images[i].size, m) for i, m in items])
