@@ -177,6 +177,13 @@ class Stylizer:
         unet_levels = len(self.pipe.unet.config.block_out_channels)
         self.multiple = self.pipe.vae_scale_factor * 2 ** (unet_levels - 1)
 
+    def add_style(self, name: str, folder: Path) -> None:
+        """Make the adapter in ``folder`` (trained anywhere) available as style ``name``."""
+        folder = Path(folder)
+        if not find_adapter_file(folder):
+            raise FileNotFoundError(f"no adapter weights in {folder}")
+        self.styles[name] = folder
+
     def trigger(self, name: str) -> str:
         """The word that calls style ``name``: the trigger it was trained with (its ``config.json``), else from the name."""
         config = self.styles[name] / "config.json" if name in self.styles else None

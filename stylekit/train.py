@@ -61,6 +61,7 @@ from .models import (
 from .paths import outputs_dir, profile_dir
 from .plots import image_grid, loss_curve
 from .profiles import get_profile
+from .stylize import Stylizer
 from .progress import progress_bar
 
 __all__ = [
@@ -598,11 +599,10 @@ def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator)
 
 
 @torch.no_grad()
-def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
-    """The fixed validation prompts (with the trigger) and one held-out photo through img2img at the profile's content strength."""
+def prompt_images(txt2img, cfg: TrainConfig) -> list[Image.Image]:
+    """The fixed validation prompts with the style's trigger, at the profile's steps and guidance (seed 0)."""
     defaults = get_profile(cfg.profile).inference
-    txt2img = as_task(pipe, "txt2img")
-    images = [
+    return [
         txt2img(
             f"{cfg.trigger} style, {prompt}",
             num_inference_steps=defaults.steps,
@@ -611,17 +611,21 @@ def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.
         ).images[0]
         for prompt in cfg.validation_prompts
     ]
-    images.append(
-        pipe(
-            prompt=f"{cfg.trigger} style, a photo",
-            image=photo,
-            strength=1.0 - defaults.content_strength,  # as much of the photo as the stylizer keeps by default
-            num_inference_steps=defaults.steps,
-            guidance_scale=defaults.guidance,
-            generator=torch.Generator().manual_seed(0),
-        ).images[0]
-    )
-    return images
+
+
+def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
+    """During training: the validation prompts and one held-out photo through img2img at the profile's content strength
+    (a quick look; the stylizer's inversion keeps more of the photo, see :func:`before_after_grid`)."""
+    defaults = get_profile(cfg.profile).inference
+    styled_photo = pipe(
+        prompt=f"{cfg.trigger} style, a photo",
+        image=photo,
+        strength=1.0 - defaults.content_strength,
+        num_inference_steps=defaults.steps,
+        guidance_scale=defaults.guidance,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    return [*prompt_images(as_task(pipe, "txt2img"), cfg), styled_photo]
 
 
 def training_precision(requested: str) -> str:
@@ -930,24 +934,24 @@ def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], p
 
 
 def before_after_grid(results: dict[str, TrainResult]):
-    """The validation prompts and the held-out photo, without adapter and then with each style's saved file."""
-    from .adapters import load_adapter, set_adapter_weights
-
+    """The validation prompts and a held-out photo through the stylizer at the profile's defaults, without adapter and then
+    with each style's saved file."""
     configs = {name: TrainConfig(**json.loads((r.folder / "config.json").read_text())) for name, r in results.items()}
     first = next(iter(configs.values())).resolved()
-    pipe = load_pipeline(first.model or first.profile)
-    photo = center_square(load_photos(split="held_out")[0].image, first.resolution)
+    stylizer = Stylizer(first.model or first.profile, profile=first.profile)
     for name, result in results.items():
-        load_adapter(pipe, result.folder, adapter_name=name)
-    set_adapter_weights(pipe, {})
-    rows, labels = [validation_images(pipe, first, photo)], ["no adapter"]
-    for name, cfg in configs.items():
-        set_adapter_weights(pipe, {name: 1.0})
-        rows.append(validation_images(pipe, cfg, photo))
+        stylizer.add_style(name, result.folder)
+    txt2img = as_task(stylizer.pipe, "txt2img")
+    photo = center_square(load_photos(split="held_out")[0].image, first.resolution)
+    rows, labels = [], []
+    for name, cfg in {"no adapter": first, **configs}.items():
+        styles = {} if name == "no adapter" else {name: 1.0}
+        stylizer.activate(styles, 1.0)
+        rows.append([*prompt_images(txt2img, cfg), stylizer.stylize(photo, styles)[0]])
         labels.append(name)
-    content = get_profile(first.profile).inference.content_strength
+    defaults = stylizer.profile.inference
     columns = [textwrap.fill(textwrap.shorten(p, 34, placeholder="..."), 18) for p in first.validation_prompts]
-    columns.append(f"held-out photo,\nimg2img, content {content:g}")
+    columns.append(f"held-out photo,\n{defaults.method}, content {defaults.content_strength:g}")
     return image_grid(rows, row_labels=labels, col_labels=columns)
 
 

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +137,20 @@ def test_switching_styles_never_reloads(stylizer, photo, monkeypatch):
 def test_unknown_style_is_a_clear_error(stylizer, photo):
     with pytest.raises(KeyError, match="no trained style 'cubism'; styles found: .*anime"):
         stylizer.stylize(photo, "cubism")
+
+
+def test_a_style_added_from_any_folder_stylizes_as_the_found_one(stylizer, photo, tmp_path):
+    copy = tmp_path / "elsewhere" / "my_watercolor"
+    shutil.copytree(stylizer.styles["watercolor"], copy)
+    stylizer.add_style("my_watercolor", copy)
+    found, _ = stylizer.stylize(photo, "watercolor")
+    added, recipe = stylizer.stylize(photo, "my_watercolor")
+    assert recipe.full_prompt.startswith("watercolor style")  # the trigger it was trained with
+    assert np.array_equal(_array(found), _array(added)) and not np.array_equal(
+        _array(added), _array(stylizer.stylize(photo, "my_watercolor", style_strength=0.0)[0])
+    )
+    with pytest.raises(FileNotFoundError, match=f"no adapter weights in {tmp_path}"):
+        stylizer.add_style("empty", tmp_path)
 
 
 @pytest.mark.parametrize("method", ["img2img", "inversion"])

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from conftest import kill_once_written, round_like_file
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -47,6 +48,14 @@ def _image(pipe, seed=0):
 
 def _adapter_tensors(folder, name):
     return load_file(str(folder / f"{name}.safetensors"))
+
+
+def test_validation_images_are_written_during_training_and_at_the_end(anime_set, outputs):
+    result = train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=4, validation_every=2), progress=False)
+    written = sorted(p.name for p in (result.folder / "validation").iterdir())
+    assert written == ["step_00002.png", "step_00004.png"]
+    with Image.open(result.folder / "validation" / "step_00004.png") as grid:
+        assert grid.width > 2 * grid.height  # the prompts and the held-out photo, side by side
 
 
 def test_both_files_load_back_with_identical_output(anime_set, outputs):
