@@ -528,6 +528,18 @@ def load_adapter(pipe, path: Path, adapter_name: str, scale: float = 1.0) -> Non
     set_adapter_weights(pipe, {adapter_name: scale})
 
 
+def switch_trained_adapter(unet, encoders, on: bool) -> None:
+    """Turn the adapter that :func:`attach_adapter` added (being trained) on or off in place; its weights stay as they are."""
+    if LYCORIS_MODULE in dict(unet.named_children()):
+        unet.get_submodule(LYCORIS_MODULE).set_multiplier(1.0 if on else 0.0)
+        return
+    for model in (unet, *encoders):
+        if getattr(model, "peft_config", None) and on:
+            model.enable_adapters()
+        elif getattr(model, "peft_config", None):
+            model.disable_adapters()
+
+
 def _hook_lycoris(network, active: bool) -> None:
     """Hook a LyCORIS network's layers into the UNet only while it is active: an inactive adapter costs nothing."""
     if active != network.hooked:

@@ -149,6 +149,7 @@ class Stylizer:
             a flagged result comes back black. Off by default.
         resolution: the model runs on about ``resolution**2`` pixels, the photo's aspect ratio kept (default: the
             profile's, e.g. 1024 for SDXL); lower is faster and needs less memory, at some cost in detail.
+        pipe: an img2img pipeline already loaded for ``model`` (a training run's), used instead of loading one.
     """
 
     def __init__(
@@ -159,9 +160,10 @@ class Stylizer:
         profile: str | None = None,
         safety_checker: bool = False,
         resolution: int | None = None,
+        pipe=None,
     ):
         self.model = str(model)
-        self.pipe = load_pipeline(self.model, task="img2img", device=device, safety_checker=safety_checker)
+        self.pipe = pipe if pipe is not None else load_pipeline(self.model, task="img2img", device=device, safety_checker=safety_checker)
         self.profile = PROFILES[profile] if profile else profile_of(self.model, self.pipe)
         self.resolution = resolution or self.profile.resolution
         self.checker = (

@@ -42,7 +42,15 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from PIL import Image
 
-from .adapters import DIFFUSERS_WEIGHTS, AdapterSpec, attach_adapter, save_adapter, save_dtype, trainable_parameters
+from .adapters import (
+    DIFFUSERS_WEIGHTS,
+    AdapterSpec,
+    attach_adapter,
+    save_adapter,
+    save_dtype,
+    switch_trained_adapter,
+    trainable_parameters,
+)
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
 from .models import (
@@ -613,18 +621,26 @@ def prompt_images(txt2img, cfg: TrainConfig) -> list[Image.Image]:
     ]
 
 
+class _TrainingPreview(Stylizer):
+    """The stylizer on the pipeline being trained: its adapter is the style, switched on and off in place."""
+
+    def __init__(self, pipe, cfg: TrainConfig):
+        super().__init__(cfg.model or cfg.profile, profile=cfg.profile, pipe=pipe)
+        self.cfg = cfg
+
+    def activate(self, styles: dict[str, float], style_strength: float) -> None:
+        switch_trained_adapter(self.pipe.unet, text_encoders(self.pipe), on=bool(styles) and style_strength != 0)
+
+    def trigger(self, name: str) -> str:
+        return self.cfg.trigger
+
+
 def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
-    """During training: the validation prompts and one held-out photo through img2img at the profile's content strength
-    (a quick look; the stylizer's inversion keeps more of the photo, see :func:`before_after_grid`)."""
-    defaults = get_profile(cfg.profile).inference
-    styled_photo = pipe(
-        prompt=f"{cfg.trigger} style, a photo",
-        image=photo,
-        strength=1.0 - defaults.content_strength,
-        num_inference_steps=defaults.steps,
-        guidance_scale=defaults.guidance,
-        generator=torch.Generator().manual_seed(0),
-    ).images[0]
+    """During training: the validation prompts and one held-out photo through the stylizer at the profile's defaults."""
+    try:
+        styled_photo = _TrainingPreview(pipe, cfg).stylize(photo, cfg.name)[0]
+    finally:
+        switch_trained_adapter(pipe.unet, text_encoders(pipe), on=True)
     return [*prompt_images(as_task(pipe, "txt2img"), cfg), styled_photo]
 
 
@@ -905,9 +921,11 @@ def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
     unet.train()
     folder = run_dir / "validation"
     folder.mkdir(exist_ok=True)
-    image_grid([images], col_labels=[*cfg.validation_prompts, "held-out photo, img2img"], title=f"{cfg.name}, step {step}").savefig(
-        folder / f"step_{step:05d}.png", dpi=72
-    )
+    import matplotlib.pyplot as plt
+
+    figure = image_grid([images], col_labels=_column_labels(cfg), title=f"{cfg.name}, step {step}")
+    figure.savefig(folder / f"step_{step:05d}.png", dpi=72)
+    plt.close(figure)
 
 
 def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, cost: dict) -> dict[str, Path]:
@@ -949,10 +967,14 @@ def before_after_grid(results: dict[str, TrainResult]):
         stylizer.activate(styles, 1.0)
         rows.append([*prompt_images(txt2img, cfg), stylizer.stylize(photo, styles)[0]])
         labels.append(name)
-    defaults = stylizer.profile.inference
-    columns = [textwrap.fill(textwrap.shorten(p, 34, placeholder="..."), 18) for p in first.validation_prompts]
-    columns.append(f"held-out photo,\n{defaults.method}, content {defaults.content_strength:g}")
-    return image_grid(rows, row_labels=labels, col_labels=columns)
+    return image_grid(rows, row_labels=labels, col_labels=_column_labels(first))
+
+
+def _column_labels(cfg: TrainConfig) -> list[str]:
+    """The validation grid's column titles: each prompt, shortened and wrapped, then how the photo was stylized."""
+    defaults = get_profile(cfg.profile).inference
+    prompts = [textwrap.fill(textwrap.shorten(p, 34, placeholder="..."), 18) for p in cfg.validation_prompts]
+    return [*prompts, f"held-out photo,\n{defaults.method}, content {defaults.content_strength:g}"]
 
 
 def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:

@@ -8,6 +8,7 @@ in one process and v-prediction are checked where the tiny model cannot show the
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 import re
 import weakref
 
@@ -27,6 +28,7 @@ from stylekit.adapters import KINDS, AdapterMismatch, kohya_layer_names
 from stylekit.cli import main
 from stylekit.data import build_demo_sets
 from stylekit.models import ModelLoadError, load_pipeline, original_unet_names, pick_mixed_precision
+from stylekit.profiles import PROFILES
 from stylekit.stylize import Stylizer, read_recipe
 from stylekit.train import TrainConfig, train_adapter
 
@@ -98,6 +100,18 @@ def test_every_kind_trains_reloads_and_stylizes(profile, kind, folders, dataset,
         image, recipe = stylizer.stylize(photo, kind, method=method, steps=4, content_strength=0.5)
         pixels = np.asarray(image, dtype=np.float32)
         assert image.size == photo.size and recipe.method == method and np.isfinite(pixels).all() and pixels.std() > 0
+
+
+@pytest.mark.parametrize("profile", list(LAYOUTS))
+def test_validation_previews_the_adapter_being_trained_text_encoders_too(profile, folders, dataset, outputs, monkeypatch):
+    # a short preview, by inversion: its recording turns every adapter off, so the test sees whether all come back on
+    fast = replace(PROFILES[profile], inference=replace(PROFILES[profile].inference, steps=4, method="inversion"))
+    monkeypatch.setitem(PROFILES, profile, fast)
+    config = _config(profile, folders[profile], dataset, "watched", steps=3, validation_every=2, text_encoder_lora=True)
+    result = train_adapter(config, progress=False)  # step 1 runs at warm-up's learning rate 0: the preview after step 2 counts
+    assert sorted(p.name for p in (result.folder / "validation").iterdir()) == ["step_00002.png", "step_00003.png"]
+    plain = train_adapter(replace(config, validation_every=0, output_dir=str(outputs / "plain")), progress=False)
+    assert result.losses == plain.losses  # the preview turned every adapter back on
 
 
 @pytest.mark.parametrize("profile", list(LAYOUTS))

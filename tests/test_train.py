@@ -50,12 +50,16 @@ def _adapter_tensors(folder, name):
     return load_file(str(folder / f"{name}.safetensors"))
 
 
-def test_validation_images_are_written_during_training_and_at_the_end(anime_set, outputs):
-    result = train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=4, validation_every=2), progress=False)
-    written = sorted(p.name for p in (result.folder / "validation").iterdir())
+@pytest.mark.parametrize("kind", ["lora", "loha"])
+def test_validation_images_leave_training_as_it_was(anime_set, outputs, kind):
+    settings = dict(name="anime", dataset=str(anime_set), steps=4, kind=kind)
+    plain = train_adapter(TrainConfig(output_dir=str(outputs / "plain"), **settings), progress=False)
+    watched = train_adapter(TrainConfig(output_dir=str(outputs / "watched"), validation_every=2, **settings), progress=False)
+    written = sorted(p.name for p in (watched.folder / "validation").iterdir())
     assert written == ["step_00002.png", "step_00004.png"]
-    with Image.open(result.folder / "validation" / "step_00004.png") as grid:
+    with Image.open(watched.folder / "validation" / "step_00004.png") as grid:
         assert grid.width > 2 * grid.height  # the prompts and the held-out photo, side by side
+    assert watched.losses == plain.losses  # the preview switched the adapter off for its recording and on again
 
 
 def test_both_files_load_back_with_identical_output(anime_set, outputs):
