@@ -8,7 +8,8 @@ style, content SSIM to the photo, the target gain and the seconds per image, ave
 photo side of the bar (``stylekit.evaluate.BAR``; text-to-image does not depend on these settings) when its judge
 is at least 0.6, its SSIM at least 0.8 x the exact target's, and its target gain at least 0.3 and above the blurred
 photo's. The profile's default is the setting under which the most styles meet it on both photo sets, then the
-widest margin by which the narrowest of their criteria clears it (a default has to hold on photos it was not chosen on). Prints the table and appends it to ``RESULTS.md``.
+widest margin by which the narrowest of their criteria clears it (a default has to hold on photos it was not chosen
+on). Prints the table and appends it to ``RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -23,19 +24,15 @@ CONTENT_STRENGTHS = (0.5, 0.6, 0.7, 0.75, 0.85)
 PHOTO_SETS = ("held_out", "unseen")
 
 
-def references(photos, style, classifier_net) -> tuple[float, float]:
-    """The exact target's mean SSIM to the photo and the blurred photo's mean target gain: the bar's yardsticks."""
+def references(photos, targets, classifier_net) -> tuple[float, float]:
+    """The exact targets' mean SSIM to their photos and the blurred photos' mean target gain: the bar's yardsticks."""
     from PIL import ImageFilter
 
     from stylekit.evaluate import BLUR_SIGMA
     from stylekit.metrics import ssim, target_gain
-    from stylekit.synth import apply_style
 
-    kept, blur = [], []
-    for photo in photos:
-        target = apply_style(style, photo)
-        kept.append(ssim(photo, target))
-        blur.append(target_gain(classifier_net, photo.filter(ImageFilter.GaussianBlur(BLUR_SIGMA)), target, photo))
+    kept = [ssim(photo, target) for photo, target in zip(photos, targets)]
+    blur = [target_gain(classifier_net, p.filter(ImageFilter.GaussianBlur(BLUR_SIGMA)), t, p) for p, t in zip(photos, targets)]
     return float(np.mean(kept)), float(np.mean(blur))
 
 
@@ -56,15 +53,15 @@ def measure() -> tuple[dict, dict]:
     for photo_set in PHOTO_SETS:
         photos = list(evaluation_photos(photo_set, stylizer.profile.resolution).values())
         for style in STYLES:
-            yardsticks[(photo_set, style)] = references(photos, style, reference.classifier.net)
+            targets = [apply_style(style, photo) for photo in photos]
+            yardsticks[(photo_set, style)] = references(photos, targets, reference.classifier.net)
             for method in METHODS:
                 for content in CONTENT_STRENGTHS:
                     scores = []
-                    for photo in photos:
+                    for photo, target in zip(photos, targets):
                         start = time.perf_counter()
                         image, _ = stylizer.stylize(photo, style, content_strength=content, method=method)
                         seconds = time.perf_counter() - start
-                        target = apply_style(style, photo)
                         judge = reference.classifier.probability(image, style)
                         gain = target_gain(reference.classifier.net, image, target, photo)
                         scores.append((judge, ssim(photo, image), gain, seconds))

@@ -69,8 +69,8 @@ from .models import (
 from .paths import outputs_dir, profile_dir
 from .plots import image_grid, loss_curve
 from .profiles import get_profile
-from .stylize import Stylizer
 from .progress import progress_bar
+from .stylize import Stylizer
 
 __all__ = [
     "TrainConfig",
@@ -635,6 +635,7 @@ class _TrainingPreview(Stylizer):
         return self.cfg.trigger
 
 
+@torch.no_grad()
 def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
     """During training: the validation prompts and one held-out photo through the stylizer at the profile's defaults."""
     try:

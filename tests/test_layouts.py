@@ -8,9 +8,9 @@ in one process and v-prediction are checked where the tiny model cannot show the
 from __future__ import annotations
 
 import gc
-from dataclasses import replace
 import re
 import weakref
+from dataclasses import replace
 
 import numpy as np
 import pytest
