@@ -70,12 +70,12 @@ def measure() -> tuple[dict, dict]:
 
 
 def slack(row: tuple, yardstick: tuple[float, float]) -> float:
-    """How far the row clears the photo side of the bar: the smallest of its criteria's margins (negative: missed)."""
-    from stylekit.evaluate import BAR
+    """How far the row clears the photo side of the bar (:func:`stylekit.evaluate.photo_margin`; negative: missed)."""
+    from stylekit.evaluate import photo_margin
 
     judge, kept, gain, _ = row
     target_ssim, blurred_gain = yardstick
-    return min(judge - BAR["judge"], kept / target_ssim - BAR["ssim_of_target"], gain - max(BAR["target_gain"], blurred_gain))
+    return photo_margin(judge, kept, target_ssim, gain, blurred_gain)
 
 
 def main() -> None:

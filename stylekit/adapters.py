@@ -534,10 +534,8 @@ def switch_trained_adapter(unet, encoders, on: bool) -> None:
         unet.get_submodule(LYCORIS_MODULE).set_multiplier(1.0 if on else 0.0)
         return
     for model in (unet, *encoders):
-        if getattr(model, "peft_config", None) and on:
-            model.enable_adapters()
-        elif getattr(model, "peft_config", None):
-            model.disable_adapters()
+        if getattr(model, "peft_config", None):
+            model.enable_adapters() if on else model.disable_adapters()
 
 
 def _hook_lycoris(network, active: bool) -> None:

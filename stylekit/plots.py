@@ -109,6 +109,12 @@ def loss_curve(losses: dict[str, Sequence[float]], smooth: int = 20, title: str 
     return fig
 
 
+def save(fig, path, dpi: int = 72) -> None:
+    """Write ``fig`` to ``path`` and close it (figures left open pile up in a long run)."""
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def show(fig, format: str = "jpeg", quality: int = 70) -> None:
     """Display ``fig`` inline and close it: JPEG keeps image grids small in saved notebooks; use PNG for charts."""
     from IPython.display import Image as InlineImage

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from .evaluate import CONTENT_SCORE, MARGIN, PHOTO_SETS, STYLE_SCORE, Evaluation
 from .metrics import mean_by, write_csv
 from .paths import profile_dir
-from .plots import image_grid
+from .plots import image_grid, save
 from .synth import STYLES
 
 __all__ = ["grid", "markdown", "overview", "sweep_charts", "tradeoff_chart", "write_report"]
@@ -116,8 +116,7 @@ def write_report(evaluation: Evaluation, folder: Path | None = None) -> Path:
     }
     figures.update({f"evaluation_{style}.png": grid(evaluation, style) for style in evaluation.config.styles})
     for name, fig in figures.items():
-        fig.savefig(folder / name, dpi=72)
-        plt.close(fig)
+        save(fig, folder / name)
     path = folder / "evaluation.md"
     path.write_text(markdown(evaluation, sorted(figures)))
     return path

@@ -67,7 +67,7 @@ from .models import (
     thread_share,
 )
 from .paths import outputs_dir, profile_dir
-from .plots import image_grid, loss_curve
+from .plots import image_grid, loss_curve, save
 from .profiles import get_profile
 from .progress import progress_bar
 from .stylize import Stylizer
@@ -922,16 +922,10 @@ def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
     unet.train()
     folder = run_dir / "validation"
     folder.mkdir(exist_ok=True)
-    import matplotlib.pyplot as plt
-
-    figure = image_grid([images], col_labels=_column_labels(cfg), title=f"{cfg.name}, step {step}")
-    figure.savefig(folder / f"step_{step:05d}.png", dpi=72)
-    plt.close(figure)
+    save(image_grid([images], col_labels=_column_labels(cfg), title=f"{cfg.name}, step {step}"), folder / f"step_{step:05d}.png")
 
 
 def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, cost: dict) -> dict[str, Path]:
-    import matplotlib.pyplot as plt
-
     info = {
         "steps": cfg.steps,
         "learning_rate": cfg.learning_rate,
@@ -943,9 +937,7 @@ def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], p
     files = save_adapter(pipe, cfg.adapter(), run_dir, cfg.name, info, precision=cfg.save_precision)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (run_dir / "losses.json").write_text(json.dumps({"losses": losses, "resumed_from": start, **cost}))
-    fig = loss_curve({cfg.name: losses})
-    fig.savefig(run_dir / "loss_curve.png", dpi=72)
-    plt.close(fig)
+    save(loss_curve({cfg.name: losses}), run_dir / "loss_curve.png")
     files.update(config=run_dir / "config.json", loss_curve=run_dir / "loss_curve.png")
     if cfg.validation_every:
         _save_validation(pipe, pipe.unet, cfg, photo, run_dir, cfg.steps)
