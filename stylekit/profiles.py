@@ -73,8 +73,8 @@ PROFILES: dict[str, Profile] = {
         # judge and SSIM; 300 steps at 1e-3, or 150 x batch 16 at 2e-3, fell short: watercolor judge 0.38, pencil sketch 0.22);
         # fewer steps: 250 and 225 hold the same 3 of 5 styles on both photo sets (narrowest margin on the bar 0.076 and 0.088,
         # each at its best content), 200 too but with 3d's judge at 0.71 and watercolor's text-to-image gain at +0.63 (250: +0.78,
-        # 225: +0.69); 170 x batch 12 (as many images) lost watercolor's text-to-image (+0.46). 225 keeps one style's training
-        # under a third of commit a7143a0's with AVX2 kernels too (benchmarks/RESULTS.md)
+        # 225: +0.69); 170 x batch 12 (as many images) lost watercolor's text-to-image (+0.46). 225 steps train one style 3.1x
+        # faster than commit a7143a0 on a CPU without AVX-512, loading included (training alone 2.98x; benchmarks/RESULTS.md)
         # half the items learn the styled image itself (unpaired_share 0.5): on the base pretrained on the broad corpus, all-paired
         # adapters gave blank or black text-to-image (watercolor's judge gain +0.02); at 0.5 it is +0.79, 3d +0.76, pencil +0.99
         train=TrainDefaults(steps=225, batch_size=8, learning_rate=3e-3, rank=16, alpha=16.0, conv=True, cpu_threads=1, unpaired_share=0.5),
