@@ -1,26 +1,33 @@
 """Style adapters: one description (kind, rank, alpha, targets), attach, save, load.
 
-LoRA and DoRA go through peft, the way diffusers trains them, and are saved twice:
+LoRA goes through peft, the way diffusers trains it, and is saved twice:
 
 - ``pytorch_lora_weights.safetensors``: the diffusers layout, for
   ``pipe.load_lora_weights(folder)``;
 - ``<name>.safetensors``: a kohya-format single file (``lora_unet_...`` keys with
-  ``lora_down`` / ``lora_up`` / ``alpha``, DoRA's magnitudes as ``dora_scale``,
-  and ``ss_*`` metadata) that AUTOMATIC1111 and ComfyUI load, and diffusers too.
-  As kohya's sd-scripts name them: Stable Diffusion 1.x / 2.x layers by their
-  diffusers names (``lora_unet_down_blocks_0_attentions_0_...``, text encoder
-  ``lora_te_``); SDXL layers by their original (sgm) names
-  (``lora_unet_input_blocks_4_1_...``, text encoders ``lora_te1_`` / ``lora_te2_``).
+  ``lora_down`` / ``lora_up`` / ``alpha``, ``ss_*`` and ``modelspec.*`` metadata)
+  that AUTOMATIC1111 and ComfyUI load, and diffusers too. As kohya's sd-scripts
+  name them: Stable Diffusion 1.x / 2.x layers by their diffusers names
+  (``lora_unet_down_blocks_0_attentions_0_...``, text encoder
+  ``lora_te_text_model_encoder_...``); SDXL layers by their original (sgm) names
+  (``lora_unet_input_blocks_4_1_...``, text encoders ``lora_te1_text_model_...`` /
+  ``lora_te2_text_model_...``), whatever the installed transformers calls them.
 
-The LyCORIS kinds (LoCon, LoHa, LoKr, OFT, BOFT) go through the ``lycoris``
-package, targeting the same UNet layers by name, and are saved once, as
-``<name>.safetensors`` with LyCORIS's own keys (``lora_unet_...hada_w1_a``,
+DoRA and the LyCORIS kinds (LoCon, LoHa, LoKr, OFT, BOFT) go through the
+``lycoris`` package, targeting the same UNet layers by name, and are saved once,
+as ``<name>.safetensors`` with LyCORIS's own keys (``lora_unet_...hada_w1_a``,
 ``lokr_w1``, ``oft_blocks``...) that AUTOMATIC1111 and ComfyUI load; stylekit
-loads them back through ``lycoris`` with a multiplier for strength.
+loads them back through ``lycoris`` with a multiplier for strength. DoRA keeps
+one magnitude per input column (``dora_scale`` shaped ``[1, in, ...]``), the one
+axis that AUTOMATIC1111 and ComfyUI both read the way stylekit applies it.
 
-A file is checked against the model before anything is applied: layers it
-names that the model lacks, or whose shapes differ, stop the load with an
-:class:`AdapterMismatch` that lists them.
+Any file a user brings loads the same way (:func:`load_adapter`): kohya LoRA,
+LoCon, LoHa, LoKr and DoRA files, LyCORIS files and diffusers files. A file is
+checked against the model before anything is applied: layers it names that the
+model lacks, keys it holds that stylekit cannot place, or shapes that differ stop
+the load with an :class:`AdapterMismatch` that lists them (and says which model
+the file was made for, where it tells); a file that is not a readable
+``.safetensors`` file stops it with an :class:`AdapterFileError`.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .checkpoints import atomic_write
 from .models import is_sdxl, original_unet_names, quiet_loading, text_encoders
@@ -46,6 +53,7 @@ __all__ = [
     "DIFFUSERS_WEIGHTS",
     "KINDS",
     "SAVE_PRECISIONS",
+    "AdapterFileError",
     "AdapterMismatch",
     "AdapterSpec",
     "adapter_file",
@@ -53,6 +61,7 @@ __all__ = [
     "adapter_state",
     "attach_adapter",
     "load_adapter",
+    "read_adapter_file",
     "save_adapter",
     "save_dtype",
     "set_adapter_weights",
@@ -66,15 +75,21 @@ ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # norm sits before conv_out), which a style that repaints a photo (pencil on white paper) needs
 CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out", "conv_in", "conv_out")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-PEFT_KINDS = ("lora", "dora")
-LYCORIS_ALGOS = {"locon": "locon", "loha": "loha", "lokr": "lokr", "oft": "diag-oft", "boft": "boft"}  # stylekit kind -> lycoris algo
+PEFT_KINDS = ("lora",)
+# stylekit kind -> lycoris algo; DoRA is LyCORIS's LoRA with weight decomposition (see LYCORIS_OPTIONS)
+LYCORIS_ALGOS = {"dora": "lora", "locon": "locon", "loha": "loha", "lokr": "lokr", "oft": "diag-oft", "boft": "boft"}
+# DoRA's magnitude per input column: AUTOMATIC1111 reads dora_scale only that way, ComfyUI reads it by its shape
+LYCORIS_OPTIONS = {"dora": {"dora_wd": True, "wd_on_output": False}}
 KINDS = (*PEFT_KINDS, *LYCORIS_ALGOS)
 LYCORIS_PREFIX = "lora_unet"  # key prefix that AUTOMATIC1111 and ComfyUI expect for UNet layers
 LYCORIS_MODULE = "lycoris"  # the trained LyCORIS network is registered on the UNet under this name
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the pipeline's attribute for each text encoder, in order
+TEXT_MODEL = "text_model"  # the level CLIP's text layers sit under in kohya's names (transformers 5 dropped it from CLIPTextModel)
 # names files use beside kohya's: LyCORIS names SDXL's UNet layers by their diffusers names too, and some SD 1.x files call
 # their one text encoder lora_te1
 FILE_ALIASES = {"unet": LYCORIS_PREFIX, "text_encoder": "lora_te1"}
+KOHYA_PARAMETERS = ("lora_down.weight", "lora_up.weight", "alpha")
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, a bare pickle
 # lycoris keeps its preset on the class: every preset stylekit applies starts from this empty one
 EMPTY_PRESET = {
     "target_module": [],
@@ -88,6 +103,10 @@ EMPTY_PRESET = {
 
 class AdapterMismatch(ValueError):
     """An adapter file does not fit the model it is being loaded into."""
+
+
+class AdapterFileError(ValueError):
+    """A file given as an adapter is not a readable ``.safetensors`` file (truncated, corrupted, or a pickle)."""
 
 
 @dataclass
@@ -104,7 +123,7 @@ class AdapterSpec:
         factor: LoKr's Kronecker factor (``-1``: as balanced as the layer allows).
         target_modules: UNet layer names to adapt (default: attention projections).
         conv: also adapt the UNet's ResNet convolutions, attention in/out projections and its first and last convolutions.
-        text_encoder: also adapt the text encoder's attention projections (LoRA and DoRA only).
+        text_encoder: also adapt the text encoder's attention projections (LoRA only).
     """
 
     kind: str = "lora"
@@ -120,7 +139,7 @@ class AdapterSpec:
         if self.kind not in KINDS:
             raise ValueError(f"unknown adapter kind {self.kind!r}: choose one of {', '.join(KINDS)}")
         if self.text_encoder and self.lycoris:
-            raise ValueError(f"text-encoder adapters are LoRA / DoRA only; train {self.kind!r} on the UNet (text_encoder=False)")
+            raise ValueError(f"text-encoder adapters are LoRA only; train {self.kind!r} on the UNet (text_encoder=False)")
         self.target_modules = tuple(self.target_modules)
 
     @property
@@ -143,18 +162,10 @@ class AdapterSpec:
 
     def unet_config(self) -> LoraConfig:
         targets = self.unet_targets()
-        return LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian", target_modules=targets, use_dora=self.kind == "dora"
-        )
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian", target_modules=targets)
 
     def text_config(self) -> LoraConfig:
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(TEXT_TARGETS),
-            use_dora=self.kind == "dora",
-        )
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian", target_modules=list(TEXT_TARGETS))
 
 
 def _quiet_lycoris():
@@ -180,7 +191,14 @@ def attach_adapter(unet, text_encoder, spec: AdapterSpec) -> None:
         _quiet_lycoris()
         LycorisNetwork.apply_preset(spec.lycoris_preset())
         network = create_lycoris(
-            unet, 1.0, linear_dim=spec.rank, linear_alpha=spec.alpha, algo=LYCORIS_ALGOS[spec.kind], factor=spec.factor, conv_dim=spec.rank
+            unet,
+            1.0,
+            linear_dim=spec.rank,
+            linear_alpha=spec.alpha,
+            algo=LYCORIS_ALGOS[spec.kind],
+            factor=spec.factor,
+            conv_dim=spec.rank,
+            **LYCORIS_OPTIONS.get(spec.kind, {}),
         )
         if not network.loras:
             raise ValueError(f"no UNet layer matches the targets {spec.unet_targets()}")
@@ -324,19 +342,30 @@ def kohya_prefixes(pipe) -> dict[str, str]:
     return {"unet": "lora_unet", "text_encoder": "lora_te"}
 
 
+def text_layer_name(name: str) -> str:
+    """A text-encoder layer's name as kohya writes it, under ``text_model`` whatever the installed transformers calls it:
+    ``encoder.layers.0.self_attn.q_proj`` (transformers 5) and ``text_model.encoder.layers.0.self_attn.q_proj`` (4.x)
+    both give ``text_model.encoder.layers.0.self_attn.q_proj``; ``text_projection`` stays as it is."""
+    inner = name.removeprefix(f"{TEXT_MODEL}.")
+    return name if name in (TEXT_MODEL, "text_projection") else f"{TEXT_MODEL}.{inner}"
+
+
 def kohya_layer_names(pipe) -> dict[str, dict[str, str]]:
-    """Per component, each layer's kohya name by its diffusers name (SDXL's UNet layers under their original sgm names)."""
+    """Per component, each layer's kohya name by its diffusers name (SDXL's UNet layers under their original sgm names,
+    text-encoder layers under ``text_model``)."""
     names = {}
     for component, prefix in kohya_prefixes(pipe).items():
         module = getattr(pipe, component)
-        layers = original_unet_names(module) if component == "unet" and is_sdxl(pipe) else {n: n for n, _ in module.named_modules() if n}
+        if component == "unet":
+            layers = original_unet_names(module) if is_sdxl(pipe) else {n: n for n, _ in module.named_modules() if n}
+        else:
+            layers = {n: text_layer_name(n) for n, _ in module.named_modules() if n}
         names[component] = {name: f"{prefix}_{original.replace('.', '_')}" for name, original in layers.items()}
     return names
 
 
 def _kohya_state(pipe, state: dict[str, dict[str, torch.Tensor]], spec: AdapterSpec) -> dict[str, torch.Tensor]:
-    """peft's LoRA / DoRA weights under kohya's names: ``lora_down`` / ``lora_up`` / ``alpha``, and DoRA's magnitude as
-    ``dora_scale``, shaped like the layer's weight with one value per output (LyCORIS's layout, which ComfyUI reads)."""
+    """peft's LoRA weights under kohya's names: ``lora_down`` / ``lora_up`` / ``alpha``."""
     names = kohya_layer_names(pipe)
     kohya = {}
     for component, tensors in state.items():
@@ -349,9 +378,6 @@ def _kohya_state(pipe, state: dict[str, dict[str, torch.Tensor]], spec: AdapterS
                 kohya[f"{name}.alpha"] = torch.tensor(float(spec.alpha))
             elif parameter == "lora_B.weight":
                 kohya[f"{name}.lora_up.weight"] = tensor
-            elif parameter.startswith("lora_magnitude_vector"):
-                weight = getattr(pipe, component).get_submodule(layer).base_layer.weight
-                kohya[f"{name}.dora_scale"] = tensor.reshape(-1, *[1] * (weight.dim() - 1))
             else:
                 raise ValueError(f"unexpected adapter weight {key!r} in {component}")
     return kohya
@@ -364,13 +390,20 @@ def base_model_version(pipe) -> str:
     return "sd_v2" if pipe.unet.config.cross_attention_dim == 1024 else "sd_v1"
 
 
+MODELSPEC_ARCHITECTURES = {"sdxl_base_v1-0": "stable-diffusion-xl-v1-base", "sd_v2": "stable-diffusion-v2", "sd_v1": "stable-diffusion-v1"}
+
+
 def _kohya_metadata(pipe, spec: AdapterSpec, name: str, info: dict) -> dict[str, str]:
-    """The ``ss_*`` keys that kohya's sd-scripts write and A1111 / ComfyUI read."""
+    """The ``ss_*`` keys that kohya's sd-scripts write and A1111 / ComfyUI read, and the ``modelspec.*`` keys of the
+    model-spec convention (``modelspec.architecture`` such as ``stable-diffusion-xl-v1-base/lora``)."""
     if spec.lycoris:
-        module, args = "lycoris.kohya", {"algo": LYCORIS_ALGOS[spec.kind], "conv_dim": spec.rank if spec.conv else 0, "factor": spec.factor}
+        module = "lycoris.kohya"
+        args = {"algo": LYCORIS_ALGOS[spec.kind], "conv_dim": spec.rank if spec.conv else 0, "factor": spec.factor}
+        args.update(LYCORIS_OPTIONS.get(spec.kind, {}))
     else:
-        module, args = "networks.lora", {"conv": spec.conv, "dora": spec.kind == "dora"}
+        module, args = "networks.lora", {"conv": spec.conv}
     version = base_model_version(pipe)
+    architecture = f"{MODELSPEC_ARCHITECTURES[version]}/{'lora' if spec.kind in ('lora', 'dora') else 'lycoris'}"
     metadata = {
         "ss_output_name": name,
         "ss_network_module": module,
@@ -382,6 +415,12 @@ def _kohya_metadata(pipe, spec: AdapterSpec, name: str, info: dict) -> dict[str,
         "ss_v_parameterization": str(pipe.scheduler.config.get("prediction_type") == "v_prediction"),
         "ss_training_comment": "trained with stylekit",
         "stylekit_adapter": json.dumps(asdict(spec)),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if is_sdxl(pipe) else "diffusers",
+        "modelspec.title": name,
+        "modelspec.resolution": f"{pipe.unet.config.sample_size * pipe.vae_scale_factor}x{pipe.unet.config.sample_size * pipe.vae_scale_factor}",
+        "modelspec.prediction_type": "v" if pipe.scheduler.config.get("prediction_type") == "v_prediction" else "epsilon",
     }
     metadata.update({f"ss_{k}": str(v) for k, v in info.items()})
     return metadata
@@ -402,25 +441,58 @@ def adapter_file(path: Path) -> Path:
     return found
 
 
-def _is_lycoris_file(path: Path) -> bool:
-    with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata() or {}
-        keys = list(handle.keys())  # noqa: SIM118 (safe_open handles are not iterable)
+def read_adapter_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of an adapter file; :class:`AdapterFileError` naming the file when it is not a readable
+    ``.safetensors`` file (truncated, corrupted, or a pickle under another name: stylekit never unpickles an adapter)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(PICKLE_MAGIC):
+        raise AdapterFileError(
+            f"{path} is a PyTorch pickle, not a .safetensors file; stylekit loads adapters from .safetensors only "
+            "(pickles can run code): convert it with a tool you trust, or ask its author for a .safetensors file"
+        )
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open handles are not iterable)
+    except Exception as error:  # safetensors raises its own error type for a bad header, OSError for a short file
+        raise AdapterFileError(f"{path} is not a readable .safetensors file (truncated or corrupted?): {error}") from None
+    if not tensors:
+        raise AdapterFileError(f"{path} holds no tensors")
+    return tensors, metadata
+
+
+def _is_lycoris_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
+    """Files only lycoris builds: LyCORIS kinds, LoCon with a Tucker core, and DoRA (``dora_scale``) of any kind."""
     if metadata.get("ss_network_module", "").startswith("lycoris"):
         return True
-    return any(part in key for key in keys for part in (".hada_", ".lokr_", ".oft_", ".oft_blocks"))
+    return any(part in key for key in tensors for part in (".hada_", ".lokr_", ".oft_", ".dora_scale", ".lora_mid."))
 
 
-def _layer_index(pipe) -> dict[str, torch.nn.Module]:
-    """Every layer of the UNet and text encoders under the names adapter files use: diffusers (``unet.down_blocks...``),
-    kohya (:func:`kohya_layer_names`) and the other names files carry (:data:`FILE_ALIASES`)."""
+def _is_diffusers_file(tensors: dict[str, torch.Tensor]) -> bool:
+    return all(key.startswith(("unet.", "text_encoder.", "text_encoder_2.")) for key in tensors)
+
+
+def _layer_index(pipe) -> dict[str, tuple[str, str, torch.nn.Module]]:
+    """Every layer of the UNet and text encoders, as (component, diffusers name, module), under each name adapter files
+    use: diffusers (``unet.down_blocks...``), kohya (:func:`kohya_layer_names`), text-encoder names with and without
+    ``text_model`` and the other names files carry (:data:`FILE_ALIASES`)."""
     index = {}
     for component, names in kohya_layer_names(pipe).items():
+        prefix = kohya_prefixes(pipe)[component]
+        prefixes = [prefix] + ([FILE_ALIASES[component]] if component in FILE_ALIASES else [])
         for name, layer in getattr(pipe, component).named_modules():
-            if name:
-                index[f"{component}.{name}"] = index[names[name]] = layer
-                if component in FILE_ALIASES:
-                    index[f"{FILE_ALIASES[component]}_{name.replace('.', '_')}"] = layer
+            if not name:
+                continue
+            entry = (component, name, layer)
+            named = text_layer_name(name)
+            forms = {name} if component == "unet" else {name, named, named.removeprefix(f"{TEXT_MODEL}.")}
+            for form in forms:
+                index[f"{component}.{form}"] = entry
+                for alias in prefixes:
+                    index[f"{alias}_{form.replace('.', '_')}"] = entry
+            index[names[name]] = entry
     return index
 
 
@@ -443,62 +515,110 @@ def _io_features(module) -> tuple[int, int] | None:
     return None
 
 
-def check_fits(pipe, path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Raise :class:`AdapterMismatch` naming every layer of ``state`` that ``pipe`` lacks or whose LoRA shapes differ."""
+def file_architecture(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
+    """The base model a file says it was made for (kohya's ``ss_base_model_version`` values), from its metadata or, failing
+    that, from SDXL-only key names (a second text encoder); None when it does not tell."""
+    architecture = metadata.get("modelspec.architecture", "")
+    by_spec = next((version for version, name in MODELSPEC_ARCHITECTURES.items() if architecture.startswith(f"{name}/")), None)
+    version = metadata.get("ss_base_model_version") or by_spec
+    if version:
+        return "sdxl_base_v1-0" if version.startswith("sdxl") else "sd_v2" if version.startswith("sd_v2") else "sd_v1"
+    return "sdxl_base_v1-0" if any(key.startswith("lora_te2_") for key in tensors) else None
+
+
+MODEL_NAMES = {"sdxl_base_v1-0": "SDXL", "sd_v2": "Stable Diffusion 2.x", "sd_v1": "Stable Diffusion 1.x"}
+
+
+def check_fits(pipe, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Raise :class:`AdapterMismatch` naming every layer of ``tensors`` that ``pipe`` lacks or whose LoRA shapes differ,
+    and the model the file was made for when it says so and that is not this one."""
     index = _layer_index(pipe)
     missing, mismatched = set(), set()
-    for key, tensor in state.items():
+    for key, tensor in tensors.items():
         layer, parameter = _layer_of(key)
-        module = index.get(layer)
-        if module is None:
+        if layer not in index:
             missing.add(layer)
             continue
-        module = getattr(module, "base_layer", module)
-        features = _io_features(module)
+        module = index[layer][2]
+        features = _io_features(getattr(module, "base_layer", module))
         if features is None:
             continue
         if parameter.startswith(("lora_A.", "lora_down.")) and tensor.shape[1] != features[0]:
             mismatched.add(f"{layer} (input {tensor.shape[1]} vs {features[0]})")
         if parameter.startswith(("lora_B.", "lora_up.")) and tensor.shape[0] != features[1]:
             mismatched.add(f"{layer} (output {tensor.shape[0]} vs {features[1]})")
-    _raise_mismatch(path, missing, mismatched)
-
-
-def _raise_mismatch(path: Path, missing, mismatched) -> None:
-    if not missing and not mismatched:
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} layer(s) this model lacks: {', '.join(sorted(missing)[:5])}" + (" ..." if len(missing) > 5 else ""))
-    if mismatched:
-        parts.append(
-            f"{len(mismatched)} layer(s) of another shape: {', '.join(sorted(mismatched)[:5])}" + (" ..." if len(mismatched) > 5 else "")
+    if missing or mismatched:
+        made_for, this_model = file_architecture(tensors, metadata or {}), base_model_version(pipe)
+        other = (
+            f"it is an adapter for {MODEL_NAMES[made_for]}, this model is {MODEL_NAMES[this_model]}"
+            if made_for and made_for != this_model
+            else None
         )
-    raise AdapterMismatch(
-        f"{path} does not fit this model (was it trained for another base model?); nothing was applied. " + "; ".join(parts)
-    )
+        _raise_mismatch(path, missing, mismatched, other)
 
 
-def _load_lycoris(pipe, path: Path, adapter_name: str, scale: float) -> None:
-    """Build every LyCORIS layer of the file against the UNet, check them all, and only then hook them in."""
+def _listed(items) -> str:
+    items = sorted(items)
+    return ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
+
+
+def _raise_mismatch(path: Path, missing, mismatched, reason: str | None = None, unknown=()) -> None:
+    if not missing and not mismatched and not unknown:
+        return
+    parts = [reason] if reason else []
+    if missing:
+        parts.append(f"{len(missing)} layer(s) this model lacks: {_listed(missing)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} layer(s) of another shape: {_listed(mismatched)}")
+    if unknown:
+        parts.append(f"{len(unknown)} key(s) stylekit cannot apply: {_listed(unknown)}")
+    guess = "" if reason else " (was it made for another base model?)"
+    raise AdapterMismatch(f"{path} does not fit this model{guess}; nothing was applied. " + "; ".join(parts))
+
+
+def _lycoris_layer(name: str, tensors: dict[str, torch.Tensor], target: torch.nn.Module):
+    """One LyCORIS layer built from a file's tensors against ``target``; DoRA's magnitude axis is read from its shape
+    (``[out, 1, ...]`` per output row, ``[1, in, ...]`` per input column), as ComfyUI reads it."""
+    from lycoris.modules import LoConModule, get_module, make_module
+
+    own = {k.partition(".")[2]: v for k, v in tensors.items() if k.partition(".")[0] == name}
+    scale = own.get("dora_scale")
+    if scale is not None and "lora_down.weight" in own:
+        rank = own["lora_down.weight"].shape[0]
+        per_output = scale.shape[0] != 1 or target.weight.shape[0] == 1
+        layer = LoConModule(
+            name,
+            target,
+            1.0,
+            rank,
+            float(own.get("alpha", rank)),
+            use_tucker="lora_mid.weight" in own,
+            weight_decompose=True,
+            wd_on_out=per_output,
+        )
+    else:
+        layer = make_module(*get_module(tensors, name), name, target)
+    if layer is None:
+        raise RuntimeError("not a LyCORIS layer kind this lycoris version builds")
+    layer.load_state_dict(own, strict=True)
+    return layer
+
+
+def _load_lycoris(pipe, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], adapter_name: str) -> None:
+    """Build every LyCORIS layer of the file against the UNet and text encoders, check them all, and only then hook them in."""
     from lycoris import LycorisNetwork
-    from lycoris.modules import get_module, make_module
 
     _quiet_lycoris()
-    state = load_file(str(path))
-    check_fits(pipe, path, state)
-    targets = {f"{LYCORIS_PREFIX}_{name}".replace(".", "_"): module for name, module in pipe.unet.named_modules() if name}
+    check_fits(pipe, path, tensors, metadata)
+    index = _layer_index(pipe)
     layers, mismatched = [], set()
-    for name in sorted({key.partition(".")[0] for key in state}):
-        own = {k.partition(".")[2]: v for k, v in state.items() if k.partition(".")[0] == name}
+    for name in sorted({key.partition(".")[0] for key in tensors}):
+        target = index[name][2]
         try:
             # a layer already wrapped by a peft adapter is hooked at its base layer, which the wrapper calls
-            layer = make_module(*get_module(state, name), name, getattr(targets[name], "base_layer", targets[name]))
-            if layer is None:
-                raise RuntimeError("not a LyCORIS layer kind this lycoris version builds")
-            layer.load_state_dict(own, strict=True)
-            layer.to(device=pipe.unet.device, dtype=pipe.unet.dtype)  # the adapter follows the pipeline, whatever the file stores
-        except (RuntimeError, TypeError) as error:
+            layer = _lycoris_layer(name, tensors, getattr(target, "base_layer", target))
+            layer.to(device=target.weight.device, dtype=target.weight.dtype)  # the adapter follows the pipeline, whatever the file stores
+        except (RuntimeError, TypeError, KeyError) as error:
             mismatched.add(f"{name} ({str(error).strip().splitlines()[-1]})")
             continue
         layers.append(layer)
@@ -513,18 +633,52 @@ def _load_lycoris(pipe, path: Path, adapter_name: str, scale: float) -> None:
     pipe.lycoris_networks = networks
 
 
-def load_adapter(pipe, path: Path, adapter_name: str, scale: float = 1.0) -> None:
-    """Load an adapter file or folder (diffusers, kohya or LyCORIS) into ``pipe`` under ``adapter_name``, active at ``scale``.
+def peft_state_from_kohya(pipe, path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A kohya-format LoRA (``lora_down`` / ``lora_up`` / ``alpha`` per layer) as diffusers-layout peft weights
+    (``unet.<layer>.lora_A.weight``...), each layer's ``alpha / rank`` folded into its ``lora_up``; a key that is none of
+    these stops the conversion with an :class:`AdapterMismatch` that names it."""
+    index = _layer_index(pipe)
+    unknown = sorted(key for key in tensors if _layer_of(key)[1] not in KOHYA_PARAMETERS)
+    _raise_mismatch(path, set(), set(), unknown=unknown)
+    converted = {}
+    for layer in sorted({_layer_of(key)[0] for key in tensors}):
+        component, name, module = index[layer]
+        down, up = tensors.get(f"{layer}.lora_down.weight"), tensors.get(f"{layer}.lora_up.weight")
+        if down is None or up is None:
+            _raise_mismatch(path, set(), {f"{layer} (lora_down and lora_up must come together)"})
+        rank = down.shape[0]
+        alpha = float(tensors[f"{layer}.alpha"]) if f"{layer}.alpha" in tensors else rank
+        weight = getattr(module, "base_layer", module).weight
+        shaped = (lambda t: t.flatten(1)) if weight.dim() == 2 else (lambda t: t.reshape(*t.shape[:2], *t.shape[2:], *[1] * (4 - t.dim())))
+        converted[f"{component}.{name}.lora_A.weight"] = shaped(down).float()
+        converted[f"{component}.{name}.lora_B.weight"] = shaped(up).float() * (alpha / rank)
+    return converted
 
-    Raises :class:`AdapterMismatch` (and applies nothing) when the file does not fit the model.
+
+def load_adapter(pipe, path: Path, adapter_name: str, scale: float = 1.0) -> None:
+    """Load an adapter file or folder into ``pipe`` under ``adapter_name``, active at ``scale``.
+
+    Args:
+        pipe: the pipeline; the adapter takes its device and dtype.
+        path: a ``.safetensors`` file (kohya LoRA, LoCon, LoHa, LoKr, DoRA; LyCORIS; diffusers) or an adapter folder.
+        adapter_name: the name the adapter is switched by (:func:`set_adapter_weights`).
+        scale: its weight once loaded.
+
+    Raises :class:`AdapterFileError` for a file that is not a readable ``.safetensors`` file and :class:`AdapterMismatch`
+    when it does not fit the model; either way nothing is applied.
     """
     file = adapter_file(path)
-    if _is_lycoris_file(file):
-        _load_lycoris(pipe, file, adapter_name, scale)
+    tensors, metadata = read_adapter_file(file)
+    if _is_lycoris_file(tensors, metadata):
+        _load_lycoris(pipe, file, tensors, metadata, adapter_name)
     else:
-        check_fits(pipe, file, load_file(str(file)))
+        check_fits(pipe, file, tensors, metadata)
+        source = tensors if _is_diffusers_file(tensors) else peft_state_from_kohya(pipe, file, tensors)
         with quiet_loading():
-            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
+            if source is tensors:
+                pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
+            else:
+                pipe.load_lora_weights(source, adapter_name=adapter_name)
     set_adapter_weights(pipe, {adapter_name: scale})
 
 

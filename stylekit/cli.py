@@ -198,11 +198,36 @@ def command_train(args) -> int:
 
 
 def _parse_styles(values: list[str]) -> dict[str, float]:
+    """``NAME[=WEIGHT]`` or ``PATH[=WEIGHT]`` (an adapter file or folder) per value -> weight by name or path."""
     styles = {}
     for value in values:
-        name, _, weight = value.partition("=")
+        name, separator, weight = value.rpartition("=")
+        if not separator or not _is_number(weight):
+            name, weight = value, ""
         styles[name] = float(weight) if weight else 1.0
     return styles
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _add_style_files(stylizer, styles: dict[str, float]) -> dict[str, float]:
+    """Styles given as a path (a ``.safetensors`` file or an adapter folder) are added to ``stylizer`` under the file's
+    or folder's name; trained styles stay as they are."""
+    named = {}
+    for style, weight in styles.items():
+        path = Path(style)
+        if style not in stylizer.styles and (path.suffix == ".safetensors" or path.exists()):
+            name = path.stem if path.suffix == ".safetensors" else path.name
+            stylizer.add_style(name, path)
+            style = name
+        named[style] = weight
+    return named
 
 
 def command_stylize(args) -> int:
@@ -225,7 +250,7 @@ def command_stylize(args) -> int:
         prompt=args.prompt,
         method=args.method,
     )
-    styles = _parse_styles(args.style)
+    styles = _add_style_files(stylizer, _parse_styles(args.style))
     if args.input.is_dir():
         written = stylizer.stylize_folder(args.input, args.output, styles, share=(state.process_index, state.num_processes), **settings)
         print(
@@ -342,7 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     stylize = sub.add_parser("stylize", help="stylize a photo or a folder of photos with trained styles")
     stylize.add_argument("input", type=Path, help="a photo or a folder of photos")
     stylize.add_argument("output", type=Path, help="a PNG file, or a folder when INPUT is a folder")
-    stylize.add_argument("--style", action="append", required=True, metavar="NAME[=WEIGHT]", help="a trained style; repeat to blend")
+    stylize.add_argument(
+        "--style",
+        action="append",
+        required=True,
+        metavar="NAME[=WEIGHT]",
+        help="a trained style, or an adapter file or folder (a community LoRA, LoCon, LoHa, LoKr or DoRA .safetensors); repeat to blend",
+    )
     stylize.add_argument("--style-strength", type=float, default=1.0, help="adapter multiplier (default 1)")
     stylize.add_argument("--content-strength", type=float, default=None, help="1 keeps the photo, 0 ignores it (default: the profile's)")
     stylize.add_argument("--seed", type=int, default=0)

@@ -447,6 +447,7 @@ def prepare_dataset(
     resolution: int,
     crop: str = "center",
     buckets: bool = False,
+    bucket_multiple: int = 8,
     trigger: str | None = None,
     caption_dropout: float = 0.0,
     shuffle_tags: bool = False,
@@ -460,6 +461,8 @@ def prepare_dataset(
         crop: ``"center"`` or ``"random"`` (a seeded random window per image).
         buckets: keep aspect ratios: each image goes to the closest bucket of about
             ``resolution**2`` pixels instead of a square.
+        bucket_multiple: each bucket side is a multiple of this (the model's: its autoencoder's factor times its UNet's
+            downsampling, 64 for Stable Diffusion, so that every level of the UNet gets whole latents).
         trigger: a word put first in every caption, e.g. ``"anime"``.
         caption_dropout: probability of training an image with the trigger alone.
         shuffle_tags: shuffle comma-separated tags in captions each epoch.
@@ -469,7 +472,7 @@ def prepare_dataset(
     report = source if isinstance(source, DatasetReport) else check_dataset(source, min_size=resolution // 2)
     if not report.usable:
         raise ValueError(f"{report.folder}: no usable image\n{report}")
-    sizes = bucket_sizes(resolution) if buckets else [(resolution, resolution)]
+    sizes = bucket_sizes(resolution, step=bucket_multiple) if buckets else [(resolution, resolution)]
     rng = random.Random(seed)
     images, captions, names, sources, windows = [], [], [], [], []
     for sample in report.samples:

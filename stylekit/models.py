@@ -51,6 +51,7 @@ __all__ = [
     "pick_mixed_precision",
     "prediction_type",
     "quiet_loading",
+    "size_multiple",
     "text_encoders",
     "tiny_model_dir",
     "tokenize",
@@ -175,6 +176,12 @@ def is_sdxl(pipe) -> bool:
 def text_encoders(pipe) -> list:
     """The pipeline's text encoders: one for Stable Diffusion 1.x / 2.x, two for SDXL."""
     return [pipe.text_encoder, pipe.text_encoder_2] if is_sdxl(pipe) else [pipe.text_encoder]
+
+
+def size_multiple(pipe) -> int:
+    """What every image side must be a multiple of for ``pipe``: its autoencoder's factor times its UNet's downsampling
+    (64 for Stable Diffusion 1.5 and SDXL, 16 for the tiny model)."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
 
 def prediction_type(scheduler) -> str:

@@ -30,6 +30,7 @@ class TrainDefaults:
     checkpointing_below_gb: float = 0.0
     cpu_threads: int = 0  # torch threads per training process on a CPU (0: the process's share of the cores)
     unpaired_share: float = 0.0  # of a paired dataset, the share of items that learn the styled image itself (text-to-image)
+    buckets: bool = False  # keep each image's aspect ratio (kohya's aspect-ratio buckets) instead of a centre-cropped square
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,12 @@ PROFILES: dict[str, Profile] = {
         # 500 steps x batch 4 = 2,000 images per style, as common kohya recipes show a style (e.g. 20 images x 10 repeats x 10
         # epochs). Batch 4 without checkpointing peaked at 8.6 GB on SD 1.5's shapes (H200, fp16; benchmarks/RESULTS.md) and ran
         # 7x faster than batch 1 x accumulation 4 with checkpointing; a card with less than 8 GB free turns checkpointing on.
+        # buckets: real style sets are mostly not square; kohya buckets them rather than cut their edges off.
+        # unpaired_share 0.5 matters only for paired sets (photo -> styled, as the demo sets are; an ordinary style set is
+        # unpaired and learns the styled images whatever this says). All-paired training never shows the UNet a noised
+        # styled image, so the trigger word cannot steer text-to-image, which starts from noise: on the tiny model such
+        # adapters drew blank or black pictures, at 0.5 they gained text-to-image and kept the photo-to-style change. Not
+        # measured on SD 1.5 or SDXL weights (no model hub here): the same reasoning holds for any base that starts from noise.
         train=TrainDefaults(
             steps=500,
             batch_size=4,
@@ -102,6 +109,8 @@ PROFILES: dict[str, Profile] = {
             mixed_precision="auto",
             gradient_checkpointing=False,
             checkpointing_below_gb=8.0,
+            unpaired_share=0.5,
+            buckets=True,
         ),
         inference=InferenceDefaults(steps=30, guidance=7.0),
     ),
@@ -111,7 +120,8 @@ PROFILES: dict[str, Profile] = {
         resolution=1024,
         description="Stable Diffusion XL base at 1024 px: a GPU with 24 GB or more for training",
         pipeline="sdxl",
-        # 500 steps x 1 x accumulation 4 = 2,000 images per style; checkpointing always on (not yet measured on a GPU)
+        # 500 steps x 1 x accumulation 4 = 2,000 images per style; checkpointing always on (not yet measured on a GPU);
+        # buckets and unpaired_share as for sd15, for the same reasons
         train=TrainDefaults(
             steps=500,
             batch_size=1,
@@ -121,6 +131,8 @@ PROFILES: dict[str, Profile] = {
             alpha=16.0,
             mixed_precision="auto",
             gradient_checkpointing=True,
+            unpaired_share=0.5,
+            buckets=True,
         ),
         inference=InferenceDefaults(steps=30, guidance=6.0),
     ),

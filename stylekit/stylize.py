@@ -29,7 +29,7 @@ from PIL import Image, PngImagePlugin
 from . import __version__
 from .adapters import AdapterMismatch, adapter_file, find_adapter_file, load_adapter, set_adapter_weights
 from .data import IMAGE_SUFFIXES, open_image, trigger_word
-from .models import decode_latents, encode_pixels, is_sdxl, load_pipeline, prediction_type, quiet_loading
+from .models import decode_latents, encode_pixels, is_sdxl, load_pipeline, prediction_type, quiet_loading, size_multiple
 from .paths import profile_dir
 from .profiles import PROFILES, Profile
 from .progress import progress_bar
@@ -176,20 +176,38 @@ class Stylizer:
         self.recordings: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # inversions recorded, least recently used first
         self.ddpm = DDPMScheduler.from_config(self.pipe.scheduler.config)  # the training noise schedule, for inversion
         self.prediction = prediction_type(self.ddpm)  # what the UNet's output means: epsilon or velocity
-        unet_levels = len(self.pipe.unet.config.block_out_channels)
-        self.multiple = self.pipe.vae_scale_factor * 2 ** (unet_levels - 1)
+        self.multiple = size_multiple(self.pipe)
 
-    def add_style(self, name: str, folder: Path) -> None:
-        """Make the adapter in ``folder`` (trained anywhere) available as style ``name``."""
-        folder = Path(folder)
-        if not find_adapter_file(folder):
-            raise FileNotFoundError(f"no adapter weights in {folder}")
-        self.styles[name] = folder
+    def add_style(self, name: str, source: Path) -> None:
+        """Make an adapter available as style ``name``: a folder trained anywhere, or a single ``.safetensors`` file
+        (a community LoRA, LoCon, LoHa, LoKr or DoRA in kohya's or LyCORIS's layout, or a diffusers file).
+
+        The file is read and checked against the model here, so a file that does not fit is refused before it is used.
+        """
+        source = Path(source)
+        if source.is_dir() and not find_adapter_file(source):
+            raise FileNotFoundError(f"no adapter weights in {source}")
+        if not source.exists():
+            raise FileNotFoundError(f"no adapter file or folder {source}")
+        if name in self.loaded:
+            raise ValueError(f"style {name!r} is loaded already; add {source} under another name")
+        self.styles[name] = source
+        try:
+            self._check_profile(name)
+            load_adapter(self.pipe, source, adapter_name=name, scale=0.0)
+        except Exception:
+            del self.styles[name]
+            raise
+        self.loaded.add(name)
+
+    def _run_config(self, name: str) -> dict:
+        """The ``config.json`` a trained style's folder holds (empty for a single file)."""
+        config = self.styles[name] / "config.json"
+        return json.loads(config.read_text()) if config.is_file() else {}
 
     def trigger(self, name: str) -> str:
         """The word that calls style ``name``: the trigger it was trained with (its ``config.json``), else from the name."""
-        config = self.styles[name] / "config.json" if name in self.styles else None
-        trained = json.loads(config.read_text()).get("trigger") if config and config.exists() else None
+        trained = self._run_config(name).get("trigger") if name in self.styles else None
         return trained or trigger_word(name)
 
     def activate(self, styles: dict[str, float], style_strength: float) -> None:
@@ -207,8 +225,7 @@ class Stylizer:
 
     def _check_profile(self, name: str) -> None:
         """An adapter trained on another profile is refused by name, before its layers are compared."""
-        config = self.styles[name] / "config.json"
-        trained_on = json.loads(config.read_text()).get("profile") if config.exists() else None
+        trained_on = self._run_config(name).get("profile")
         if trained_on and trained_on != self.profile.name:
             raise AdapterMismatch(
                 f"style {name!r} ({self.styles[name]}) was trained on the {trained_on!r} profile; this stylizer runs {self.profile.name!r} "

@@ -27,7 +27,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -63,6 +63,7 @@ from .models import (
     pick_device,
     pick_mixed_precision,
     quiet_loading,
+    size_multiple,
     text_encoders,
     thread_share,
 )
@@ -121,6 +122,9 @@ class TrainConfig:
             from it, as unpaired training does): what text-to-image needs, since it starts from noise, not from a photo
             (default: the profile's).
         trigger: the word that calls the style in prompts (default: from ``name``).
+        buckets: keep each image's aspect ratio, training on size buckets of about ``resolution**2`` pixels (kohya's
+            aspect-ratio buckets), instead of centre-cropping every image to a square (default: the profile's: on for
+            sd15 and sdxl, off for tiny).
         checkpoint_every, validation_every: steps between checkpoints / validation images (0: only at the end).
         save_precision: how the kohya / LyCORIS file stores its weights, ``"fp16"`` (kohya's default) or ``"fp32"``.
     """
@@ -152,6 +156,7 @@ class TrainConfig:
     unpaired_share: float | None = None
     caption_dropout: float = 0.0
     trigger: str | None = None
+    buckets: bool | None = None
     seed: int = 0
     checkpoint_every: int = 50
     validation_every: int = 0
@@ -184,6 +189,7 @@ class TrainConfig:
                 "gradient_checkpointing",
                 "cpu_threads",
                 "unpaired_share",
+                "buckets",
             )
             if getattr(self, name) is None
         }
@@ -236,7 +242,7 @@ def _fingerprint(*modules) -> str:
     return digest.hexdigest()[:16]
 
 
-CACHE_FORMAT = "2"  # caption conditioning stored per kind (states, pooled)
+CACHE_FORMAT = "3"  # caption conditioning stored per kind and caption (long captions in chunks)
 
 
 def cache_key(pipe, dataset: PreparedDataset, captions: list[str], flip: bool) -> str:
@@ -382,24 +388,90 @@ class BackgroundLatents(dict):
             raise RuntimeError(f"caching the latents failed: {self._error}") from self._error
 
 
-def caption_conditioning(pipe, captions: list[str]) -> dict[str, torch.Tensor]:
-    """What the UNet is conditioned on, per caption: the text encoder's states (SDXL: both encoders' penultimate
-    states side by side) and, for SDXL, the pooled embedding of its second encoder. Gradients flow (text-encoder LoRA)."""
+COMMA_LOOKBACK = 20  # a long caption breaks at a comma within a chunk's last 20 tokens, as AUTOMATIC1111 breaks a prompt
+
+
+def _token_count(tokenizer, text: str) -> int:
+    with quiet_loading():  # transformers warns of every sequence longer than the model reads: that is why we count
+        return len(tokenizer(text, truncation=False).input_ids) - 2  # without the begin and end tokens
+
+
+def caption_chunks(tokenizer, caption: str) -> list[str]:
+    """``caption`` cut into pieces the text encoder reads whole (``model_max_length - 2`` tokens: 75 for CLIP), the way
+    AUTOMATIC1111 cuts a long prompt: at the last comma when one falls within a piece's last 20 tokens, else between words."""
+    limit = tokenizer.model_max_length - 2
+    pieces, words = [], caption.split(" ")
+    while words:
+        taken = len(words)
+        while taken > 1 and _token_count(tokenizer, " ".join(words[:taken])) > limit:
+            taken -= 1
+        if taken < len(words):
+            commas = [i + 1 for i, word in enumerate(words[:taken]) if word.endswith(",")]
+            if commas and _token_count(tokenizer, " ".join(words[commas[-1] : taken])) <= COMMA_LOOKBACK:
+                taken = commas[-1]
+        pieces.append(" ".join(words[:taken]))
+        words = words[taken:]
+    return pieces or [""]
+
+
+def _encode_prompts(pipe, prompts: list[str]) -> dict[str, torch.Tensor]:
     with quiet_loading():
         encoded = pipe.encode_prompt(
-            prompt=captions, device=pipe.text_encoder.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            prompt=prompts, device=pipe.text_encoder.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
     return {"states": encoded[0], "pooled": encoded[2]} if is_sdxl(pipe) else {"states": encoded[0]}
 
 
+def caption_conditioning(pipe, captions: list[str]) -> dict[str, torch.Tensor]:
+    """What the UNet is conditioned on, per caption: the text encoder's states (SDXL: both encoders' penultimate
+    states side by side) and, for SDXL, the pooled embedding of its second encoder. Gradients flow (text-encoder LoRA).
+
+    A caption longer than the text encoder reads is not cut short: it is encoded in chunks (:func:`caption_chunks`)
+    whose states follow one another, as AUTOMATIC1111 encodes a long prompt, and SDXL's pooled embedding is the first
+    chunk's. In a batch with such a caption the shorter ones are padded and ``"mask"`` says which states are real, so
+    that the UNet attends to the same states whatever else is in the batch.
+    """
+    chunked = [caption_chunks(pipe.tokenizer, caption) for caption in captions]
+    encoded = [_encode_prompts(pipe, [pieces[i] if i < len(pieces) else "" for pieces in chunked]) for i in range(max(map(len, chunked)))]
+    conditioning = {"states": torch.cat([chunk["states"] for chunk in encoded], dim=1)}
+    if is_sdxl(pipe):
+        conditioning["pooled"] = encoded[0]["pooled"]
+    if len(encoded) > 1:
+        length = encoded[0]["states"].shape[1]
+        conditioning["mask"] = torch.tensor([[1] * len(p) * length + [0] * (len(encoded) - len(p)) * length for p in chunked])
+        conditioning["states"] = conditioning["states"] * conditioning["mask"][..., None].to(conditioning["states"].dtype)
+    return conditioning
+
+
 @torch.no_grad()
-def encode_captions(pipe, captions: list[str]) -> dict[str, torch.Tensor]:
-    """:func:`caption_conditioning` of ``captions`` as float32 on the CPU, one stacked tensor per kind."""
-    return {kind: tensor.float().cpu() for kind, tensor in caption_conditioning(pipe, captions).items()}
+def encode_captions(pipe, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """:func:`caption_conditioning` of each caption as float32 on the CPU, each as long as its own chunks need."""
+    by_length: dict[int, list[str]] = {}
+    for caption in captions:
+        by_length.setdefault(len(caption_chunks(pipe.tokenizer, caption)), []).append(caption)
+    encoded = {}
+    for group in by_length.values():
+        stacked = caption_conditioning(pipe, group)
+        encoded.update(
+            {
+                caption: {kind: stacked[kind][i].float().cpu() for kind in ("states", "pooled") if kind in stacked}
+                for i, caption in enumerate(group)
+            }
+        )
+    return encoded
 
 
-def _per_caption(captions: list[str], stacked: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    return {caption: {kind: tensor[i] for kind, tensor in stacked.items()} for i, caption in enumerate(captions)}
+def stack_conditioning(embeddings: dict[str, dict[str, torch.Tensor]], captions: list[str]) -> dict[str, torch.Tensor]:
+    """The cached conditioning of ``captions`` as one batch, padded and masked as :func:`caption_conditioning` pads a
+    batch where their lengths (in chunks) differ."""
+    lengths = [embeddings[c]["states"].shape[0] for c in captions]
+    longest = max(lengths)
+    stacked = {"states": torch.stack([F.pad(embeddings[c]["states"], (0, 0, 0, longest - n)) for c, n in zip(captions, lengths)])}
+    if "pooled" in embeddings[captions[0]]:
+        stacked["pooled"] = torch.stack([embeddings[c]["pooled"] for c in captions])
+    if min(lengths) < longest:
+        stacked["mask"] = torch.tensor([[1] * n + [0] * (longest - n) for n in lengths])
+    return stacked
 
 
 def load_or_build_cache(
@@ -416,19 +488,23 @@ def load_or_build_cache(
     path = cache_dir / f"{cache_key(pipe, dataset, captions, flip)}.safetensors"
     if path.exists():
         tensors, state = load_checkpoint(path)
-        text = {key.partition(".")[2]: tensors.pop(key) for key in [k for k in tensors if k.startswith("text.")]}
-        return tensors, _per_caption(state["captions"], text), True
+        text = {caption: {} for caption in state["captions"]}
+        for key in [k for k in tensors if k.startswith("text.")]:
+            _, kind, index = key.split(".")
+            text[state["captions"][int(index)]][kind] = tensors.pop(key)
+        return tensors, text, True
     text = encode_captions(pipe, captions)
+    stored = {f"text.{kind}.{i}": tensor for i, caption in enumerate(captions) for kind, tensor in text[caption].items()}
 
     def save(latents: dict[str, torch.Tensor]) -> None:
-        save_checkpoint(path, {**latents, **{f"text.{kind}": tensor for kind, tensor in text.items()}}, {"captions": captions})
+        save_checkpoint(path, {**latents, **stored}, {"captions": captions})
 
     if background is None:
         latents = encode_images(pipe, dataset, flip)
         save(latents)
     else:
         latents = BackgroundLatents(pipe, dataset, *background, on_done=save)
-    return latents, _per_caption(captions, text), False
+    return latents, text, False
 
 
 # ---------------------------------------------------------------------------
@@ -560,15 +636,28 @@ def _text_conditioning(cfg, pipe, embeddings, captions: list[str], accelerator) 
             return caption_conditioning(pipe, captions)
     missing = sorted({c for c in captions if c not in embeddings})
     if missing:  # shuffled tags make new caption strings
-        embeddings.update(_per_caption(missing, encode_captions(pipe, missing)))
-    return {kind: torch.stack([embeddings[c][kind] for c in captions]).to(accelerator.device) for kind in embeddings[captions[0]]}
+        embeddings.update(encode_captions(pipe, missing))
+    return {kind: tensor.to(accelerator.device) for kind, tensor in stack_conditioning(embeddings, captions).items()}
 
 
 def _unet_conditioning(text: dict[str, torch.Tensor], size_ids: torch.Tensor) -> dict:
-    """The UNet's keyword arguments: the text states, and for SDXL the pooled text and the six size numbers per image."""
-    if "pooled" not in text:
-        return {"encoder_hidden_states": text["states"]}
-    return {"encoder_hidden_states": text["states"], "added_cond_kwargs": {"text_embeds": text["pooled"], "time_ids": size_ids}}
+    """The UNet's keyword arguments: the text states (and which are real, where long captions padded a batch), and for
+    SDXL the pooled text and the six size numbers per image."""
+    conditioning = {"encoder_hidden_states": text["states"]}
+    if "mask" in text:
+        conditioning["encoder_attention_mask"] = text["mask"]
+    if "pooled" in text:
+        conditioning["added_cond_kwargs"] = {"text_embeds": text["pooled"], "time_ids": size_ids}
+    return conditioning
+
+
+def average_over_processes(params: list[torch.nn.Parameter], accelerator) -> None:
+    """Average the gradients of ``params`` over the training processes, as DDP does for the UNet's adapter: the text
+    encoders' adapters (with ``text_encoder_lora``) are called inside ``encode_prompt``, outside any DDP wrapper."""
+    if accelerator.num_processes > 1:
+        for param in params:
+            if param.grad is not None:
+                param.grad = accelerator.reduce(param.grad, reduction="mean")
 
 
 def _save_training_state(path, params, named, optimizer, lr_scheduler, step, losses) -> None:
@@ -697,7 +786,15 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
         dtype="fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision,
     )
     report = check_dataset(cfg.dataset, min_size=cfg.resolution // 2)
-    dataset = prepare_dataset(report, cfg.resolution, trigger=cfg.trigger, caption_dropout=cfg.caption_dropout, seed=cfg.seed)
+    dataset = prepare_dataset(
+        report,
+        cfg.resolution,
+        buckets=cfg.buckets,
+        bucket_multiple=size_multiple(pipe),
+        trigger=cfg.trigger,
+        caption_dropout=cfg.caption_dropout,
+        seed=cfg.seed,
+    )
     buckets = dataset.buckets()  # item indices by image size, fixed for the run
     spare = _spare_threads(cfg, accelerator)
     background = (first_use_order(cfg, dataset, buckets, accelerator.num_processes), spare) if spare else None
@@ -710,6 +807,7 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
         pipe.unet.enable_gradient_checkpointing()
     named = [n for n, p in _named_parameters(pipe.unet, encoders) if p.requires_grad]
     params = trainable_parameters(pipe.unet, *encoders)
+    text_params = trainable_parameters(*encoders)  # the text encoders run inside diffusers' encode_prompt, not through DDP
     for p in params:
         p.data = p.data.float()  # adapters train in fp32 even when the base runs in half precision
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
@@ -753,6 +851,7 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
                     f"{cfg.name}: the loss became {step_loss} at step {step + 1}; training stopped. The last good checkpoint "
                     f"({run_dir / CHECKPOINT}) is kept. Lower the learning rate (now {cfg.learning_rate}) and run again."
                 )
+            average_over_processes(text_params, accelerator)
             accelerator.clip_grad_norm_(params, 1.0)
             optimizer.step()
             lr_scheduler.step()
@@ -762,11 +861,11 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
             done = step + 1
             if done == start + ESTIMATE_AFTER and accelerator.is_main_process:
                 _print_estimate(cfg, done - start, time.perf_counter() - started, accelerator.num_processes)
-            if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            if accelerator.is_main_process and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps):
                 _save_training_state(run_dir / CHECKPOINT, params, named, optimizer, lr_scheduler, done, losses)
             if accelerator.is_main_process and cfg.validation_every and done % cfg.validation_every == 0 and done < cfg.steps:
                 _finish_caching(latents)  # the autoencoder is the caching thread's until then
-                _save_validation(pipe, unet, cfg, photo, run_dir, done)
+                _save_validation(pipe, unet, cfg, photo, run_dir, done, accelerator)
         _finish_caching(latents)
     seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()
@@ -774,7 +873,7 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     files: dict[str, Path] = {}
     if accelerator.is_main_process:
         cost = {"seconds_this_session": round(seconds, 2), "peak_memory_mb": round(memory.peak_mb, 1), "torch_threads": torch_threads}
-        files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, cost)
+        files = _write_outputs(pipe, cfg, run_dir, losses, photo, start, cost, accelerator)
     trained = (cfg.steps - start) * cfg.batch_size * cfg.gradient_accumulation * accelerator.num_processes
     result = TrainResult(run_dir, files, losses, seconds, trained / seconds if seconds > 0 else 0.0, start, memory.peak_mb)
     if keep_pipeline:
@@ -916,16 +1015,38 @@ class MemoryMonitor:
             self.peak_mb = (self.highest - self.start) / 2**20
 
 
-def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int) -> None:
+@contextmanager
+def pipeline_precision(unet, accelerator):
+    """While previews run: the UNet answers in the pipeline's own (half) precision, under autocast.
+
+    With mixed precision, ``accelerator.prepare`` makes the UNet return float32 for the loss; a pipeline's sampler would
+    then hand float32 latents to its half-precision autoencoder and fail ("Input type (float) and bias type (c10::Half)").
+    """
+    patched, original = unet.__dict__.get("forward"), unet.__dict__.get("_original_forward")
+    if patched is None or original is None:  # no mixed precision: nothing was patched
+        yield
+        return
+    unet.forward = original
+    try:
+        with accelerator.autocast():
+            yield
+    finally:
+        unet.forward = patched
+
+
+def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int, accelerator) -> None:
     unet.eval()
-    images = validation_images(pipe, cfg, photo)
+    with pipeline_precision(pipe.unet, accelerator):
+        images = validation_images(pipe, cfg, photo)
     unet.train()
     folder = run_dir / "validation"
     folder.mkdir(exist_ok=True)
     save(image_grid([images], col_labels=_column_labels(cfg), title=f"{cfg.name}, step {step}"), folder / f"step_{step:05d}.png")
 
 
-def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, cost: dict) -> dict[str, Path]:
+def _write_outputs(
+    pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, cost: dict, accelerator
+) -> dict[str, Path]:
     info = {
         "steps": cfg.steps,
         "learning_rate": cfg.learning_rate,
@@ -940,7 +1061,7 @@ def _write_outputs(pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], p
     save(loss_curve({cfg.name: losses}), run_dir / "loss_curve.png")
     files.update(config=run_dir / "config.json", loss_curve=run_dir / "loss_curve.png")
     if cfg.validation_every:
-        _save_validation(pipe, pipe.unet, cfg, photo, run_dir, cfg.steps)
+        _save_validation(pipe, pipe.unet, cfg, photo, run_dir, cfg.steps, accelerator)
     return files
 
 

@@ -7,8 +7,10 @@ widget values and pressing buttons, without a browser.
 
 from __future__ import annotations
 
+import html
 import io
 from datetime import datetime
+from pathlib import Path
 
 import ipywidgets as widgets
 from PIL import Image
@@ -66,6 +68,8 @@ class StylizerApp:
         self.content_strength = widgets.FloatSlider(
             value=defaults.content_strength, min=0.0, max=1.0, step=0.05, description="content preservation", **slider
         )
+        self.style_file = widgets.Text(placeholder="path/to/community_lora.safetensors", description="style file")
+        self.add_file = widgets.Button(description="Add style", icon="plus")
         self.seed = widgets.IntText(value=0, description="seed")
         self.steps = widgets.IntSlider(value=defaults.steps, min=2, max=60, description="steps", **slider)
         self.live = widgets.Checkbox(value=False, description="update when a slider is released")
@@ -84,6 +88,7 @@ class StylizerApp:
 
         self.generate.on_click(lambda _: self.run())
         self.save.on_click(lambda _: self.save_result())
+        self.add_file.on_click(lambda _: self.add_style_file())
         self.upload.observe(lambda _: self.show_photo(), names="value")
         self.sample.observe(lambda _: self.show_photo(), names="value")
         for control in (self.style, self.second_style, self.blend, self.style_strength, self.content_strength, self.seed, self.steps):
@@ -119,6 +124,21 @@ class StylizerApp:
         self.save.disabled = False
         self.status.value = f"<code>{recipe.parameters().splitlines()[0]}</code>"
 
+    def add_style_file(self) -> None:
+        """Add the adapter file or folder named in the style-file box (a community LoRA, say) to both style lists."""
+        path = Path(self.style_file.value.strip()).expanduser()
+        name = path.stem if path.suffix == ".safetensors" else path.name
+        try:
+            self.stylizer.add_style(name, path)
+        except (OSError, ValueError) as error:
+            self.status.value = f"<b>Could not add {html.escape(str(path))}</b>: {html.escape(str(error))}"
+            return
+        styles = list(self.stylizer.styles)
+        self.style.options = styles
+        self.second_style.options = [NO_STYLE, *styles]
+        self.style.value = name
+        self.status.value = f"added style {html.escape(name)} from {html.escape(str(path))}"
+
     def save_result(self) -> None:
         """Save the last result, with its recipe, to ``outputs/stylized/``."""
         image, recipe = self.result
@@ -137,6 +157,7 @@ class StylizerApp:
                 self.style,
                 self.second_style,
                 self.blend,
+                widgets.HBox([self.style_file, self.add_file]),
                 self.style_strength,
                 self.content_strength,
                 self.steps,

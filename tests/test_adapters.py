@@ -49,7 +49,7 @@ def test_kinds_listed():
     assert set(KINDS) >= {"lora", "dora", "locon", "loha", "lokr", "oft", "boft"}
     with pytest.raises(ValueError, match="unknown adapter kind"):
         AdapterSpec(kind="ia4")
-    with pytest.raises(ValueError, match="LoRA / DoRA only"):
+    with pytest.raises(ValueError, match="LoRA only"):
         AdapterSpec(kind="loha", text_encoder=True)
 
 

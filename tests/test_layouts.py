@@ -1,6 +1,6 @@
 """The sd15 and sdxl paths on random pipelines of Stable Diffusion 1.5's and SDXL's exact layouts (tiny widths).
 
-Every adapter kind trains, saves, reloads (in stylekit, and in diffusers for LoRA / DoRA) and stylizes
+Every adapter kind trains, saves, reloads (in stylekit, and in diffusers for LoRA) and stylizes
 by both methods; the kohya files are named for the tools that read them; accumulation, two precisions
 in one process and v-prediction are checked where the tiny model cannot show them.
 """
@@ -15,22 +15,22 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from conftest import round_like_file
 from diffusers import DDPMScheduler, DiffusionPipeline
 from layouts import build_sd15, build_sdxl
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 import stylekit.train as train_module
-from stylekit.adapters import KINDS, AdapterMismatch, kohya_layer_names
+from stylekit.adapters import KINDS, AdapterMismatch, AdapterSpec, attach_adapter, trainable_parameters
 from stylekit.cli import main
 from stylekit.data import build_demo_sets
-from stylekit.models import ModelLoadError, load_pipeline, original_unet_names, pick_mixed_precision
+from stylekit.models import ModelLoadError, load_pipeline, original_unet_names, pick_mixed_precision, text_encoders
 from stylekit.profiles import PROFILES
-from stylekit.stylize import Stylizer, read_recipe
-from stylekit.train import TrainConfig, train_adapter
+from stylekit.stylize import METHODS, Stylizer, read_recipe
+from stylekit.train import TrainConfig, pipeline_precision, train_adapter, validation_images
 
 LAYOUTS = {"sd15": build_sd15, "sdxl": build_sdxl}
 RESOLUTION = 64
@@ -89,7 +89,7 @@ def test_every_kind_trains_reloads_and_stylizes(profile, kind, folders, dataset,
 
     load_adapter(reloaded, result.folder, kind)
     torch.testing.assert_close(_unet_output(reloaded), trained, atol=1e-5, rtol=1e-4)
-    if kind in ("lora", "dora"):  # diffusers' own loader reads stylekit's diffusers file exactly
+    if kind == "lora":  # diffusers' own loader reads stylekit's diffusers file exactly
         fresh.load_lora_weights(str(result.folder), weight_name="pytorch_lora_weights.safetensors")
         torch.testing.assert_close(_unet_output(fresh), _unet_output(result.pipeline), atol=1e-5, rtol=1e-4)
 
@@ -100,6 +100,31 @@ def test_every_kind_trains_reloads_and_stylizes(profile, kind, folders, dataset,
         image, recipe = stylizer.stylize(photo, kind, method=method, steps=4, content_strength=0.5)
         pixels = np.asarray(image, dtype=np.float32)
         assert image.size == photo.size and recipe.method == method and np.isfinite(pixels).all() and pixels.std() > 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("profile", list(LAYOUTS))
+def test_previews_run_in_half_precision_after_accelerate_prepares_the_unet(profile, precision, folders, monkeypatch):
+    """As on a GPU: weights in half precision, the UNet through ``accelerator.prepare`` (which makes it answer in
+    float32), then the previews (text-to-image and the photo) by each stylize method."""
+    pipe = load_pipeline(str(folders[profile]), device="cpu", dtype=precision)
+    attach_adapter(pipe.unet, text_encoders(pipe), AdapterSpec(conv=True, text_encoder=True))
+    for parameter in trainable_parameters(pipe.unet, *text_encoders(pipe)):
+        parameter.data = parameter.data.float()  # as training keeps them
+    AcceleratorState._reset_state()  # as each training run starts from a clean accelerate state
+    accelerator = Accelerator(cpu=True, mixed_precision=precision)
+    accelerator.prepare(pipe.unet)
+    patched = pipe.unet.__dict__.get("forward")  # accelerate's float32 wrapper (on a CPU, for bf16 only)
+    assert patched is not None or precision == "fp16"
+    config = _config(profile, folders[profile], "unused", "preview", validation_prompts=("a house",)).resolved()
+    photo = Image.new("RGB", (64, 64), (100, 150, 200))
+    for method in METHODS:
+        fast = replace(PROFILES[profile], inference=replace(PROFILES[profile].inference, steps=2, method=method))
+        monkeypatch.setitem(PROFILES, profile, fast)
+        with pipeline_precision(pipe.unet, accelerator):
+            images = validation_images(pipe, config, photo)
+        assert len(images) == 2 and all(np.isfinite(np.asarray(image, dtype=np.float32)).all() for image in images), method
+    assert pipe.unet.__dict__.get("forward") is patched  # training's float32 answers come back after the previews
 
 
 @pytest.mark.parametrize("profile", list(LAYOUTS))
@@ -122,6 +147,11 @@ def test_kohya_file_loads_in_diffusers_and_names_layers_as_kohya_does(profile, f
         keys, metadata = list(handle.keys()), handle.metadata()
     assert all(KOHYA_KEY.match(k) for k in keys), [k for k in keys if not KOHYA_KEY.match(k)][:3]
     prefixes = {k.split("_")[1] for k in keys}
+    text_layers = {k.split(".")[0] for k in keys if not k.startswith("lora_unet_")}
+    # kohya, AUTOMATIC1111 and ComfyUI name CLIP's layers under text_model, whatever transformers calls the module
+    assert text_layers and all(re.match(r"lora_te[12]?_text_model_encoder_layers_\d+_self_attn_[qkvout]+_proj$", k) for k in text_layers)
+    architecture = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}[profile]
+    assert metadata["modelspec.architecture"] == architecture and metadata["modelspec.resolution"] == "64x64"
     if profile == "sdxl":
         assert prefixes == {"unet", "te1", "te2"} and metadata["ss_base_model_version"] == "sdxl_base_v1-0"
         # kohya's SDXL files name UNet layers as the original (sgm) model does: input_blocks, middle_block, output_blocks
@@ -146,27 +176,6 @@ def test_kohya_file_loads_in_diffusers_and_names_layers_as_kohya_does(profile, f
     from stylekit.adapters import load_adapter
 
     load_adapter(stylekit_pipe, kohya, "te")  # stylekit's own fit check knows lora_te_, lora_te1_ and lora_te2_
-
-
-def test_dora_kohya_file_holds_dora_scale_that_reproduces_the_layer(folders, dataset, outputs):
-    """AUTOMATIC1111 and ComfyUI read DoRA's magnitude from ``<layer>.dora_scale`` beside lora_down / lora_up / alpha;
-    applying the file as ComfyUI does (per-output magnitude) gives the trained layer's weight."""
-    config = _config("sd15", folders["sd15"], dataset, "dora", kind="dora", save_precision="fp32")
-    result = train_adapter(config, progress=False, keep_pipeline=True)
-    tensors = load_file(str(result.files["kohya"]))
-    assert tensors and all(KOHYA_KEY.match(k) for k in tensors) and not any("magnitude" in k for k in tensors)
-    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-    layer = result.pipeline.unet.get_submodule(name)
-    prefix = kohya_layer_names(result.pipeline)["unet"][name]
-    weight = layer.base_layer.weight.detach()
-    scale = tensors[f"{prefix}.alpha"] / tensors[f"{prefix}.lora_down.weight"].shape[0]
-    merged = weight + scale * tensors[f"{prefix}.lora_up.weight"] @ tensors[f"{prefix}.lora_down.weight"]
-    magnitude = tensors[f"{prefix}.dora_scale"]
-    assert magnitude.shape == (weight.shape[0], 1)
-    applied = merged * magnitude / merged.norm(dim=1, keepdim=True)
-    x = torch.randn(3, weight.shape[1])
-    with torch.no_grad():
-        torch.testing.assert_close(F.linear(x, applied), layer(x), atol=1e-5, rtol=1e-4)
 
 
 def test_gradient_accumulation_matches_a_larger_batch(folders, dataset, outputs, monkeypatch):
@@ -352,3 +361,21 @@ def test_latents_cached_in_the_background_train_the_same_layouts(profile, folder
     with safe_open(str(cache), framework="pt") as handle:
         keys = set(handle.keys())
     assert {"latent.0", "latent_flip.0", "source.0", "source_flip.0"} <= keys  # mirrors and photos too, written once the thread was done
+
+
+def test_sd_profiles_train_non_square_images_in_aspect_ratio_buckets(folders, outputs, tmp_path, monkeypatch):
+    """sd15 keeps each image's aspect ratio by default (kohya's buckets, sides a multiple of 64), ``buckets=False`` crops squares."""
+    folder = tmp_path / "wide_and_tall"
+    folder.mkdir()
+    for index, size in enumerate([(320, 160), (300, 150), (160, 320), (150, 300)]):
+        Image.new("RGB", size, (40 * index, 120, 200 - 40 * index)).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text("a flat colour field")
+    prepared = []
+    original = train_module.prepare_dataset
+    monkeypatch.setattr(train_module, "prepare_dataset", lambda *a, **k: prepared.append(original(*a, **k)) or prepared[-1])
+    settings = dict(steps=2, batch_size=2, resolution=192, paired=False)
+    config = TrainConfig(name="buckets", dataset=str(folder), profile="sd15", model=str(folders["sd15"]), **settings)
+    result = train_adapter(config, progress=False)
+    assert sorted({image.size for image in prepared[-1].images}) == [(128, 256), (256, 128)] and all(np.isfinite(result.losses))
+    train_adapter(replace(config, name="squares", buckets=False), progress=False)
+    assert {image.size for image in prepared[-1].images} == {(192, 192)}

@@ -206,7 +206,7 @@ def test_a_checkpoint_is_only_resumed_by_the_same_run(anime_set, outputs):
         train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1, rank=8, alpha=8), progress=False)
 
 
-@pytest.mark.parametrize("options", [{"kind": "dora"}, {"text_encoder_lora": True, "conv": True}])
+@pytest.mark.parametrize("options", [{"kind": "dora", "save_precision": "fp32"}, {"text_encoder_lora": True, "conv": True}])
 def test_adapter_options_train_and_reload(anime_set, outputs, options):
     config = TrainConfig(name="variant", dataset=str(anime_set), steps=3, learning_rate=5e-3, **options)
     result = train_adapter(config, progress=False, keep_pipeline=True)
@@ -237,8 +237,9 @@ def test_cli_train_writes_both_files(anime_set, tmp_path, capsys, monkeypatch):
     assert torch.get_num_threads() == threads_before  # and the caller's thread count comes back
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(anime_set, tmp_path):
-    common = ["--steps", "4", "--learning-rate", "5e-3", "--checkpoint-every", "100"]
+@pytest.mark.parametrize("options", [[], ["--text-encoder-lora"]], ids=["unet", "unet and text encoder"])
+def test_two_processes_match_one_process_with_the_same_global_batch(options, anime_set, tmp_path):
+    common = ["--steps", "4", "--learning-rate", "5e-3", "--checkpoint-every", "100", *options]
     env = dict(os.environ, STYLEKIT_OUTPUTS=str(tmp_path / "one"), OMP_NUM_THREADS="1")
     single = [sys.executable, "-m", "stylekit", "train", str(anime_set), "--name", "ddp", "--batch-size", "4", *common]
     subprocess.run(single, env=env, check=True, timeout=600, capture_output=True)
@@ -335,3 +336,44 @@ def test_trainings_side_by_side_each_get_their_share_of_the_cores_as_omp_threads
         train.run_trainings({"a": expecting("4")}, total=1, at_once=2, progress=False)  # the check itself can fail
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     train.run_trainings({"a": expecting("3")}, total=1, at_once=2, progress=False)  # the user's choice is kept
+
+
+def test_long_captions_are_encoded_in_chunks_not_cut(tiny_pipe):
+    """As AUTOMATIC1111 reads a long prompt: pieces of at most 30 tokens here (75 for CLIP), cut at a comma near the end
+    of a piece, each encoded whole; the words past the first piece still change the conditioning."""
+    from stylekit.train import caption_chunks, caption_conditioning, stack_conditioning, encode_captions
+
+    tokenizer = tiny_pipe.tokenizer
+    head = "anime style, two red houses and two trees on autumn fields under a sunset sky, with the sun, clouds, mountains"
+    captions = [f"{head}, a road", f"{head}, the sea", "anime style"]
+    pieces = caption_chunks(tokenizer, captions[0])
+    limit = tokenizer.model_max_length - 2
+    assert len(pieces) == 2 and " ".join(pieces) == captions[0] and pieces[0].endswith(",")
+    assert all(len(tokenizer(piece).input_ids) - 2 <= limit for piece in pieces)
+    with torch.no_grad():
+        batch = caption_conditioning(tiny_pipe, captions)
+        truncated = tiny_pipe.encode_prompt(captions[:2], "cpu", 1, False)[0]
+        alone = caption_conditioning(tiny_pipe, captions[2:])
+    length = tokenizer.model_max_length
+    assert batch["states"].shape[1] == 2 * length and batch["mask"].tolist() == [[1] * 2 * length] * 2 + [[1] * length + [0] * length]
+    torch.testing.assert_close(truncated[0], truncated[1])  # cut at the limit, the two captions read the same
+    assert (batch["states"][0] - batch["states"][1]).abs().max() > 1e-3  # in chunks, their last words count
+    cached = encode_captions(tiny_pipe, captions)
+    assert cached[captions[2]]["states"].shape[0] == length and "mask" not in alone  # a short caption keeps one chunk
+    stacked = stack_conditioning(cached, captions)
+    torch.testing.assert_close(stacked["states"], batch["states"], atol=1e-5, rtol=1e-4)
+    assert torch.equal(stacked["mask"], batch["mask"])
+    # the short caption's prediction is the same beside long ones as alone: the padding is masked out
+    latents, t = torch.randn(1, 8, 16, 16), torch.tensor([500])
+    with torch.no_grad():
+        beside = tiny_pipe.unet(latents, t, encoder_hidden_states=batch["states"][2:], encoder_attention_mask=batch["mask"][2:]).sample
+        single = tiny_pipe.unet(latents, t, encoder_hidden_states=alone["states"]).sample
+    torch.testing.assert_close(beside, single, atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoint_every_zero_checkpoints_at_the_end_only(anime_set, outputs):
+    from stylekit.checkpoints import load_checkpoint
+    from stylekit.train import CHECKPOINT
+
+    result = train_adapter(TrainConfig(name="end_only", dataset=str(anime_set), steps=3, checkpoint_every=0), progress=False)
+    assert load_checkpoint(result.folder / CHECKPOINT)[1]["step"] == 3 and len(result.losses) == 3
