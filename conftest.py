@@ -19,3 +19,16 @@ def _patient_init(self, *args, **kwargs):
 
 
 IPyNbCell.__init__ = _patient_init
+
+
+# The fast tier (``pytest -m "not slow"``) leaves out the notebooks and every test that waits on the five trained styles;
+# tests that train or run a browser for long mark themselves ``@pytest.mark.slow``.
+SLOW_FIXTURES = {"trained_outputs", "comparison"}  # fixtures that train styles or adapter kinds
+
+
+def pytest_collection_modifyitems(items):
+    import pytest
+
+    for item in items:
+        if item.path.suffix == ".ipynb" or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -261,3 +261,24 @@ def test_dora_file_is_applied_by_automatic1111_and_comfyui_as_stylekit_applies_i
         set_adapter_weights(pipe, {"dora": 1.0})
         assert (half - ours).abs().max() > 0  # the multiplier reaches DoRA layers
     assert max(moved) > 1e-4, "training moved the magnitudes, so the axis matters"
+
+
+@pytest.mark.parametrize("form", ["lora_te_", "lora_te1_text_model_", "lora_te1_"], ids=["no text_model", "te1", "te1 no text_model"])
+def test_text_encoder_names_in_circulation_read_the_same(form, folders, tmp_path):
+    """Files name SD 1.x's text encoder ``lora_te_text_model_...`` (kohya), ``lora_te1_...`` (some tools), and stylekit's
+    own files before this fix had no ``text_model``: each form applies to the same layers."""
+    pipe = load_pipeline(str(folders["sd15"]), device="cpu")
+    file, _ = community_lora(pipe, tmp_path / "kohya.safetensors", unet=False)
+    renamed = {key.replace("lora_te_text_model_", form): tensor for key, tensor in load_file(str(file)).items()}
+    save_file(renamed, str(tmp_path / "renamed.safetensors"))
+    ids = pipe.tokenizer(["a house"], padding="max_length", return_tensors="pt").input_ids
+    states = []
+    for path in (file, tmp_path / "renamed.safetensors"):
+        fresh = load_pipeline(str(folders["sd15"]), device="cpu")
+        load_adapter(fresh, path, "text")
+        with torch.no_grad():
+            states.append(fresh.text_encoder(ids)[0])
+    with torch.no_grad():
+        plain = pipe.text_encoder(ids)[0]
+    assert (states[0] - plain).abs().max() > 1e-3
+    torch.testing.assert_close(states[1], states[0])

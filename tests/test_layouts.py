@@ -32,6 +32,8 @@ from stylekit.profiles import PROFILES
 from stylekit.stylize import METHODS, Stylizer, read_recipe
 from stylekit.train import TrainConfig, pipeline_precision, train_adapter, validation_images
 
+pytestmark = pytest.mark.slow  # every test here trains or samples SD 1.5- and SDXL-layout pipelines
+
 LAYOUTS = {"sd15": build_sd15, "sdxl": build_sdxl}
 RESOLUTION = 64
 KOHYA_KEY = re.compile(r"^lora_(unet|te|te1|te2)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha|dora_scale)$")

@@ -58,6 +58,7 @@ def test_tokenizer_is_built_offline_in_clip_format():
     assert tokenizer.unk_token_id not in tokenizer("zebra ünïcode").input_ids[1:-1]  # any text stays encodable
 
 
+@pytest.mark.slow
 def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path, smoke):
     straight = _train(tmp_path / "straight", tmp_path / "work_straight", smoke)
     assert straight.wait(timeout=600) == 0, straight.stderr.read()

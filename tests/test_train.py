@@ -108,6 +108,7 @@ def _train_cli(dataset, outputs_dir, name, extra=()):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(anime_set, tmp_path):
     straight = _train_cli(anime_set, tmp_path / "a", "anime")
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
@@ -237,6 +238,7 @@ def test_cli_train_writes_both_files(anime_set, tmp_path, capsys, monkeypatch):
     assert torch.get_num_threads() == threads_before  # and the caller's thread count comes back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [[], ["--text-encoder-lora"]], ids=["unet", "unet and text encoder"])
 def test_two_processes_match_one_process_with_the_same_global_batch(options, anime_set, tmp_path):
     common = ["--steps", "4", "--learning-rate", "5e-3", "--checkpoint-every", "100", *options]
