@@ -445,18 +445,18 @@ def read_adapter_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     """The tensors and metadata of an adapter file; :class:`AdapterFileError` naming the file when it is not a readable
     ``.safetensors`` file (truncated, corrupted, or a pickle under another name: stylekit never unpickles an adapter)."""
     path = Path(path)
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if head.startswith(PICKLE_MAGIC):
-        raise AdapterFileError(
-            f"{path} is a PyTorch pickle, not a .safetensors file; stylekit loads adapters from .safetensors only "
-            "(pickles can run code): convert it with a tool you trust, or ask its author for a .safetensors file"
-        )
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open handles are not iterable)
     except Exception as error:  # safetensors raises its own error type for a bad header, OSError for a short file
+        with open(path, "rb") as handle:
+            pickled = handle.read(4).startswith(PICKLE_MAGIC)
+        if pickled:
+            raise AdapterFileError(
+                f"{path} is a PyTorch pickle, not a .safetensors file; stylekit loads adapters from .safetensors only "
+                "(pickles can run code): convert it with a tool you trust, or ask its author for a .safetensors file"
+            ) from None
         raise AdapterFileError(f"{path} is not a readable .safetensors file (truncated or corrupted?): {error}") from None
     if not tensors:
         raise AdapterFileError(f"{path} holds no tensors")
