@@ -104,8 +104,8 @@ def test_every_kind_trains_reloads_and_stylizes(profile, kind, folders, dataset,
         assert image.size == photo.size and recipe.method == method and np.isfinite(pixels).all() and pixels.std() > 0
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-@pytest.mark.parametrize("profile", list(LAYOUTS))
+# fp16 on SDXL's layout is left out: on a CPU accelerate wraps the UNet for bf16 only, and that run takes 2.5 minutes here
+@pytest.mark.parametrize(("profile", "precision"), [("sd15", "bf16"), ("sd15", "fp16"), ("sdxl", "bf16")])
 def test_previews_run_in_half_precision_after_accelerate_prepares_the_unet(profile, precision, folders, monkeypatch):
     """As on a GPU: weights in half precision, the UNet through ``accelerator.prepare`` (which makes it answer in
     float32), then the previews (text-to-image and the photo) by each stylize method."""
