@@ -58,7 +58,7 @@ def build_model(folder: Path, scale: str) -> None:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from stylekit.tiny import build_tokenizer
+    from stylekit.tiny.pretrain import build_tokenizer
 
     torch.manual_seed(0)
     shapes = SHAPES[scale]

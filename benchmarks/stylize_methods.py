@@ -40,10 +40,11 @@ def measure() -> tuple[dict, dict]:
     """(photo set, method, content) -> one (judge, ssim, target gain, seconds) row per style; and (photo set, style) ->
     the references."""
     from stylekit.evaluate import evaluation_photos
-    from stylekit.metrics import StyleReference, ssim, target_gain
+    from stylekit.judge import StyleReference
+    from stylekit.metrics import ssim, target_gain
     from stylekit.stylize import METHODS, Stylizer
-    from stylekit.synth import STYLES, apply_style
-    from stylekit.train import ensure_trained
+    from stylekit.tiny.synth import STYLES, apply_style
+    from stylekit.launcher import ensure_trained
 
     ensure_trained(list(STYLES), "tiny")
     reference = StyleReference.demo(list(STYLES))
@@ -80,7 +81,7 @@ def slack(row: tuple, yardstick: tuple[float, float]) -> float:
 
 def main() -> None:
     from stylekit.stylize import METHODS
-    from stylekit.synth import STYLES
+    from stylekit.tiny.synth import STYLES
 
     rows, yardsticks = measure()
     slacks = {key: [slack(row, yardsticks[(key[0], style)]) for row, style in zip(rows[key], STYLES)] for key in rows}

@@ -35,7 +35,7 @@ def _median_seconds(function, repeats: int) -> float:
 def tiny_figures(repeats: int = 15) -> dict:
     from stylekit.data import load_photos
     from stylekit.stylize import METHODS, Stylizer
-    from stylekit.train import ensure_trained
+    from stylekit.launcher import ensure_trained
 
     ensure_trained(["anime", "watercolor"], "tiny")
     stylizer = Stylizer("tiny")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -133,7 +133,6 @@ class AdapterSpec:
     target_modules: tuple[str, ...] = ATTENTION_TARGETS
     conv: bool = False
     text_encoder: bool = False
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -27,13 +27,14 @@ from safetensors import safe_open
 
 from .adapters import KINDS
 from .data import center_square, ensure_demo_sets, load_photos, trigger_word
-from .metrics import StyleReference, evenness, mean_by, strength_sweep, write_csv
+from .judge import StyleReference, strength_sweep
+from .metrics import evenness, mean_by, write_csv
 from .paths import profile_dir
 from .plots import Table, image_grid
 from .profiles import get_profile
 from .stylize import Stylizer
-from .synth import STYLES, apply_style
-from .train import run_trainings, trainings_at_once
+from .tiny.synth import STYLES, apply_style
+from .launcher import run_trainings, trainings_at_once
 
 __all__ = ["Comparison", "ComparisonConfig", "compare_kinds", "stored_parameters"]
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import synth
+from .tiny import synth
+from .diffusion import style_prompt
 from .paths import PHOTOS_DIR, profile_dir
 from .plots import Table
 from .profiles import get_profile
@@ -609,7 +610,7 @@ def build_demo_sets(
             name = f"{index:03d}.png"
             synth.apply_style(style, image).save(folder / name)
             image.save(folder / SOURCES_FOLDER / name)
-            entry = {"file_name": name, "text": f"{trigger_word(style)} style, {caption}", "source": f"{SOURCES_FOLDER}/{name}"}
+            entry = {"file_name": name, "text": style_prompt(trigger_word(style), caption), "source": f"{SOURCES_FOLDER}/{name}"}
             lines.append(json.dumps(entry))
         (folder / METADATA).write_text("\n".join(lines) + "\n")
         folders[style] = folder

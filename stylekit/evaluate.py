@@ -25,27 +25,28 @@ least 0.5 on the judge.
 
 ``EvalConfig(photos="unseen")`` scores the same on photos that nothing in the project
 was trained on: the corpus photos that pretraining leaves out (their Debian packages
-must be installed, see :mod:`stylekit.tiny_corpus`).
+must be installed, see :mod:`stylekit.tiny.corpus`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageFilter
 
 from .data import center_square, load_photos
-from .tiny_corpus import load_corpus
-from .metrics import StyleReference, availability, is_monotonic, judge_check, mean_by, score, strength_sweep
+from .diffusion import read_run_config, style_prompt
+from .tiny.corpus import load_corpus
+from .judge import StyleReference, judge_check, score, strength_sweep
+from .metrics import availability, is_monotonic, mean_by
 from .models import as_task
 from .paths import profile_dir
 from .plots import Table
 from .profiles import get_profile
 from .stylize import Stylizer, find_styles
-from .synth import STYLES, apply_style
-from .train import ensure_trained
+from .tiny.synth import STYLES, apply_style
+from .launcher import ensure_trained
 from .progress import progress_bar
 
 __all__ = ["EvalConfig", "Evaluation", "System", "evaluate"]
@@ -282,7 +283,7 @@ def find_systems(config: EvalConfig, loras: dict[str, Path]) -> list[System]:
     systems = []
     for style in config.styles:
         folder = loras[style].parent
-        kind = json.loads((loras[style] / "config.json").read_text()).get("kind", "lora")
+        kind = read_run_config(loras[style]).get("kind", "lora")
         systems += [System(style, "base", folder, style), System(style, kind, folder, style)]
         if config.kinds:
             comparison = profile_dir(config.profile) / "comparison" / style
@@ -357,7 +358,7 @@ def txt2img_judge(stylizer: Stylizer, style: str, reference: StyleReference, see
         stylizer.activate({style: 1.0}, strength)
         images = [
             pipe(
-                f"{stylizer.trigger(style)} style, {prompt}",
+                style_prompt(stylizer.trigger(style), prompt),
                 num_inference_steps=defaults.steps,
                 guidance_scale=defaults.guidance,
                 generator=torch.Generator().manual_seed(seed + i),

@@ -32,6 +32,7 @@ from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
 from transformers.utils import logging as transformers_logging
 
+from .diffusion import prediction_type
 from .profiles import PROFILES
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "pick_mixed_precision",
-    "prediction_type",
     "quiet_loading",
     "size_multiple",
     "text_encoders",
@@ -68,7 +68,7 @@ class ModelLoadError(RuntimeError):
 
 def tiny_model_dir() -> Path:
     """The folder of the embedded tiny model shipped inside the package."""
-    return Path(__file__).parent / "tiny_model"
+    return Path(__file__).parent / "tiny" / "model"
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -184,14 +184,6 @@ def size_multiple(pipe) -> int:
     return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
 
-def prediction_type(scheduler) -> str:
-    """What the UNet predicts, ``"epsilon"`` or ``"v_prediction"``; any other kind is refused with the model's own word for it."""
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind not in ("epsilon", "v_prediction"):
-        raise ModelLoadError(f"this model predicts {kind!r}; stylekit trains and inverts epsilon- and v-prediction models only")
-    return kind
-
-
 @contextlib.contextmanager
 def _vae_precision(vae):
     """Run an fp16 VAE that its config says to upcast (SDXL's: it overflows to NaN in fp16) in fp32, then put it back."""
@@ -271,7 +263,10 @@ def load_pipeline(
             pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle, **checker)
         else:
             pipe = _load_from_hub(str(source), torch_dtype, allow_pickle, checker)
-    prediction_type(pipe.scheduler)
+    try:
+        prediction_type(pipe.scheduler)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
     pipe.set_progress_bar_config(disable=True)
     return as_task(pipe.to(target), task)
 

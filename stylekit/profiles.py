@@ -7,7 +7,7 @@ one name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 __all__ = ["PROFILES", "InferenceDefaults", "Profile", "TrainDefaults", "get_profile"]
 
@@ -56,10 +56,6 @@ class Profile:
     train: TrainDefaults = field(default_factory=TrainDefaults)
     inference: InferenceDefaults = field(default_factory=InferenceDefaults)
 
-    def with_train(self, **changes) -> Profile:
-        """A copy with some training defaults changed."""
-        return replace(self, train=replace(self.train, **changes))
-
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
@@ -67,22 +63,10 @@ PROFILES: dict[str, Profile] = {
         base_model="embedded",
         resolution=64,
         description="the embedded tiny Stable Diffusion: CPU, offline, minutes end to end",
-        # paired demo sets (photo -> styled) need the convolutions, conv_in/conv_out included, to repaint a photo
-        # one thread: the tiny UNet's layers are too small to split across cores (2-core AMD EPYC: 8.6 training steps/s on
-        # 1 thread, 7.1 on 2; two trainings side by side, 1 thread each: 8.1 and 7.9; 2 threads each: 2.1 and 2.0)
-        # 300 steps at 3e-3 score on the bar as 800 steps at 1e-3 did (held-out photos, all five styles within 0.05 on the
-        # judge and SSIM; 300 steps at 1e-3, or 150 x batch 16 at 2e-3, fell short: watercolor judge 0.38, pencil sketch 0.22);
-        # fewer steps: 250 and 225 hold the same 3 of 5 styles on both photo sets (narrowest margin on the bar 0.076 and 0.088,
-        # each at its best content), 200 too but with 3d's judge at 0.71 and watercolor's text-to-image gain at +0.63 (250: +0.78,
-        # 225: +0.69); 170 x batch 12 (as many images) lost watercolor's text-to-image (+0.46). 225 steps train one style 3.1x
-        # faster than commit a7143a0 on a CPU without AVX-512, loading included (training alone 2.98x; benchmarks/RESULTS.md)
-        # half the items learn the styled image itself (unpaired_share 0.5): on the base pretrained on the broad corpus, all-paired
-        # adapters gave blank or black text-to-image (watercolor's judge gain +0.02); at 0.5 it is +0.79, 3d +0.76, pencil +0.99
+        # conv: paired sets need the convolutions to repaint a photo; one thread: the tiny UNet's layers are too small to
+        # split across cores; unpaired_share 0.5: what text-to-image needs. Measurements behind each value: docs/tiny_recipe.md
         train=TrainDefaults(steps=225, batch_size=8, learning_rate=3e-3, rank=16, alpha=16.0, conv=True, cpu_threads=1, unpaired_share=0.5),
-        # inversion at content 0.5 (10 of 20 steps), the setting benchmarks/stylize_methods.py picks by the bar for the 225-step
-        # adapters: 3 of 5 styles on the held-out and the unseen photos, narrowest margin 0.088 (content 0.6: 0.067, unseen 3d's
-        # judge; 0.7: unseen 3d's judge 0.50 misses). Judge / content SSIM at 0.5: held-out watercolor .95/.43, pencil sketch
-        # .99/.43, 3d .74/.50; unseen watercolor .91/.48, pencil sketch .94/.41, 3d .75/.57 (2-core AMD EPYC family 26)
+        # inversion at content 0.5: chosen by benchmarks/stylize_methods.py (docs/tiny_recipe.md)
         inference=InferenceDefaults(steps=20, guidance=3.0, content_strength=0.5, method="inversion"),
     ),
     "sd15": Profile(

@@ -18,7 +18,7 @@ from .evaluate import CONTENT_SCORE, MARGIN, PHOTO_SETS, STYLE_SCORE, Evaluation
 from .metrics import mean_by, write_csv
 from .paths import profile_dir
 from .plots import image_grid, save
-from .synth import STYLES
+from .tiny.synth import STYLES
 
 __all__ = ["grid", "markdown", "overview", "sweep_charts", "tradeoff_chart", "write_report"]
 

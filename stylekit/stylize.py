@@ -29,7 +29,8 @@ from PIL import Image, PngImagePlugin
 from . import __version__
 from .adapters import AdapterMismatch, adapter_file, find_adapter_file, load_adapter, set_adapter_weights
 from .data import IMAGE_SUFFIXES, open_image, trigger_word
-from .models import decode_latents, encode_pixels, is_sdxl, load_pipeline, prediction_type, quiet_loading, size_multiple
+from .diffusion import added_conditioning, clean_from_prediction, posterior_mean, prediction_type, read_run_config, style_prompt
+from .models import decode_latents, encode_pixels, is_sdxl, load_pipeline, quiet_loading, size_multiple
 from .paths import profile_dir
 from .profiles import PROFILES, Profile
 from .progress import progress_bar
@@ -200,14 +201,9 @@ class Stylizer:
             raise
         self.loaded.add(name)
 
-    def _run_config(self, name: str) -> dict:
-        """The ``config.json`` a trained style's folder holds (empty for a single file)."""
-        config = self.styles[name] / "config.json"
-        return json.loads(config.read_text()) if config.is_file() else {}
-
     def trigger(self, name: str) -> str:
         """The word that calls style ``name``: the trigger it was trained with (its ``config.json``), else from the name."""
-        trained = self._run_config(name).get("trigger") if name in self.styles else None
+        trained = read_run_config(self.styles[name]).get("trigger") if name in self.styles else None
         return trained or trigger_word(name)
 
     def activate(self, styles: dict[str, float], style_strength: float) -> None:
@@ -225,7 +221,7 @@ class Stylizer:
 
     def _check_profile(self, name: str) -> None:
         """An adapter trained on another profile is refused by name, before its layers are compared."""
-        trained_on = self._run_config(name).get("profile")
+        trained_on = read_run_config(self.styles[name]).get("profile")
         if trained_on and trained_on != self.profile.name:
             raise AdapterMismatch(
                 f"style {name!r} ({self.styles[name]}) was trained on the {trained_on!r} profile; this stylizer runs {self.profile.name!r} "
@@ -236,7 +232,7 @@ class Stylizer:
         self,
         image: Image.Image,
         style: str | dict[str, float],
-        style_strength: float = 1.0,
+        style_strength: float | None = None,
         content_strength: float | None = None,
         seed: int = 0,
         steps: int | None = None,
@@ -249,13 +245,14 @@ class Stylizer:
 
         Args:
             style: a style name, or several with blend weights ``{"anime": 0.7, "watercolor": 0.3}``.
-            style_strength: multiplier of the adapter(s): 0 is the base model, 1 the trained style.
+            style_strength: multiplier of the adapter(s): 0 is the base model, 1 the trained style (default: the profile's).
             content_strength: 1 keeps the photo, 0 ignores it (default: the profile's).
             prompt: what the photo shows, appended to the styles' trigger words.
             method: how the photo is carried into the result, one of :data:`METHODS` (default: the profile's).
         """
         defaults = self.profile.inference
         styles = {style: 1.0} if isinstance(style, str) else dict(style)
+        style_strength = defaults.style_strength if style_strength is None else style_strength
         content = defaults.content_strength if content_strength is None else content_strength
         if not 0.0 <= content <= 1.0:
             raise ValueError(f"content_strength must be between 0 and 1, not {content}")
@@ -264,7 +261,7 @@ class Stylizer:
         guidance = defaults.guidance if guidance is None else guidance
         image = image.convert("RGB")
         work = working_size(image.width, image.height, self.resolution, self.multiple)
-        triggers = ", ".join(f"{self.trigger(name)} style" for name in styles)
+        triggers = ", ".join(style_prompt(self.trigger(name)) for name in styles)
         recipe = Recipe(
             model=self.model,
             styles=styles,
@@ -356,7 +353,7 @@ class Stylizer:
         if is_sdxl(self.pipe):
             width, height = recipe.work_size
             sizes = torch.tensor([[height, width, 0, 0, height, width]] * (2 if guided else 1), device=self.pipe.device)
-            kwargs["added_cond_kwargs"] = {"text_embeds": both(encoded[2], encoded[3]), "time_ids": sizes}
+            kwargs["added_cond_kwargs"] = added_conditioning(both(encoded[2], encoded[3]), sizes)
         return kwargs
 
     @torch.no_grad()
@@ -367,16 +364,12 @@ class Stylizer:
         else:
             unconditional, conditional = self.pipe.unet(torch.cat([latents, latents]), t, **conditioning).sample.chunk(2)
             prediction = unconditional + guidance * (conditional - unconditional)
-        a = self.ddpm.alphas_cumprod.to(latents.device)[t]
-        if self.prediction == "v_prediction":
-            return a.sqrt() * latents - (1 - a).sqrt() * prediction
-        return (latents - (1 - a).sqrt() * prediction) / a.sqrt()
+        return clean_from_prediction(prediction, latents, self.ddpm.alphas_cumprod[t], self.prediction)
 
     def _posterior_mean(self, latents, t: int, t_prev: int, x0) -> torch.Tensor:
         """Mean of the DDPM step from ``t`` to ``t_prev`` (-1: the clean image) given the predicted clean latents."""
         alphas = self.ddpm.alphas_cumprod.to(latents.device)
-        a, a_prev = alphas[t], (alphas[t_prev] if t_prev >= 0 else torch.ones((), device=latents.device))
-        return (a_prev.sqrt() * (1 - a / a_prev) * x0 + (a / a_prev).sqrt() * (1 - a_prev) * latents) / (1 - a)
+        return posterior_mean(latents, x0, alphas[t], alphas[t_prev] if t_prev >= 0 else torch.ones((), device=latents.device))
 
     def _inversion(self, recipe: Recipe, generator: torch.Generator) -> Image.Image:
         """Record, with the base model, the noise that leads each DDPM step back to the photo; replay it with the style on.

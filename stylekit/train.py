@@ -1,34 +1,32 @@
-"""Training one style adapter: cached latents, accelerate, checkpoints, resume.
+"""The training loop: one style adapter, with accelerate, checkpoints and resume.
 
     result = train_adapter(TrainConfig(name="anime", dataset="outputs/<profile>/datasets/anime"))
 
-The VAE latents (and their mirror images) and the caption embeddings (for
-SDXL: both text encoders' states and the pooled embedding) are computed once
-per dataset and cached on disk, so each step runs only the UNet; on a CPU whose
-training leaves cores idle, a background thread encodes them there while the
-first steps run, in the order the steps read them. SDXL's size
-conditioning (original size, crop, target size) comes with each image. The
-objective follows the model's scheduler: epsilon or v-prediction. A checkpoint (adapter, optimizer, LR schedule, RNG, step) is written
-atomically every ``checkpoint_every`` steps and a rerun with the same
-settings continues from it. Runs unchanged under ``accelerate launch``.
+Each step trains only the UNet's adapter on latents and caption conditioning
+from :mod:`stylekit.cache`; every step's images, noise and timesteps are drawn
+from (seed, step) alone, so a resumed or multi-process run trains on exactly
+the same items. The objective follows the model's scheduler (epsilon or
+v-prediction, :mod:`stylekit.diffusion`); SDXL's size conditioning comes with
+each image. A checkpoint (adapter, optimizer, LR schedule, RNG, step) is
+written atomically every ``checkpoint_every`` steps and a rerun with the same
+settings continues from it. Runs unchanged under ``accelerate launch``;
+:mod:`stylekit.launcher` runs trainings as processes side by side.
+
+Read top to bottom: the run's settings, how a step draws its items, the loss,
+checkpoints, the set-up, previews, and at the end :func:`train_adapter` itself.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import math
 import os
-import re
-import subprocess
-import sys
 import textwrap
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -43,7 +41,6 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 
 from .adapters import (
-    DIFFUSERS_WEIGHTS,
     AdapterSpec,
     attach_adapter,
     save_adapter,
@@ -51,18 +48,26 @@ from .adapters import (
     switch_trained_adapter,
     trainable_parameters,
 )
+from .cache import (
+    BackgroundLatents,
+    cache_key,
+    caption_conditioning,
+    encode_captions,
+    encode_jobs,
+    latent_key,
+    load_or_build_cache,
+    stack_conditioning,
+)
 from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
-from .data import PreparedDataset, center_square, check_dataset, ensure_demo_sets, load_photos, prepare_dataset, trigger_word
+from .diffusion import added_conditioning, min_snr_weights, prediction_target, prediction_type, read_run_config, style_prompt
+from .data import PreparedDataset, center_square, check_dataset, load_photos, prepare_dataset, trigger_word
 from .models import (
     as_task,
     available_cores,
     cpu_threads,
-    encode_pixels,
-    is_sdxl,
     load_pipeline,
     pick_device,
     pick_mixed_precision,
-    quiet_loading,
     size_multiple,
     text_encoders,
     thread_share,
@@ -78,12 +83,8 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "before_after_grid",
-    "ensure_trained",
-    "run_trainings",
     "train_adapter",
-    "trainings_at_once",
 ]
-
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -166,7 +167,6 @@ class TrainConfig:
     )
     output_dir: str | None = None
     save_precision: str = "fp16"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         save_dtype(self.save_precision)  # an unknown precision fails here, not after training
@@ -175,24 +175,8 @@ class TrainConfig:
         """A copy with every ``None`` filled in from the profile."""
         profile = get_profile(self.profile)
         defaults = profile.train
-        filled = {
-            name: getattr(defaults, name)
-            for name in (
-                "steps",
-                "batch_size",
-                "gradient_accumulation",
-                "learning_rate",
-                "rank",
-                "alpha",
-                "conv",
-                "mixed_precision",
-                "gradient_checkpointing",
-                "cpu_threads",
-                "unpaired_share",
-                "buckets",
-            )
-            if getattr(self, name) is None
-        }
+        own = {f.name for f in fields(self)}
+        filled = {f.name: getattr(defaults, f.name) for f in fields(defaults) if f.name in own and getattr(self, f.name) is None}
         if self.resolution is None:
             filled["resolution"] = profile.resolution
         if self.trigger is None:
@@ -221,297 +205,6 @@ class TrainResult:
     pipeline: object = field(default=None, repr=False)  # the trained pipeline, only with train_adapter(..., keep_pipeline=True)
 
 
-# ---------------------------------------------------------------------------
-# Caching latents and caption embeddings
-# ---------------------------------------------------------------------------
-
-
-BITS_AS_INTEGERS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # a tensor's bits, by element size
-
-
-def _fingerprint(*modules) -> str:
-    """A cheap identity of frozen weights: names, shapes, dtypes and the integer sum of every tensor's raw bits.
-
-    Integer sums are exact in any order, so the identity is the same on any device and thread count (a float sum was
-    not: a process on one thread and one on two gave different keys, and one could not resume the other's run)."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            bits = tensor.detach().contiguous().view(BITS_AS_INTEGERS[tensor.element_size()])
-            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{int(bits.sum(dtype=torch.int64))}".encode())
-    return digest.hexdigest()[:16]
-
-
-CACHE_FORMAT = "3"  # caption conditioning stored per kind and caption (long captions in chunks)
-
-
-def cache_key(pipe, dataset: PreparedDataset, captions: list[str], flip: bool) -> str:
-    """Changes whenever the model, the image content and sizes (source photos included), the captions or the flip setting change."""
-    digest = hashlib.sha256(_fingerprint(pipe.vae, *text_encoders(pipe)).encode() + CACHE_FORMAT.encode())
-    for image in dataset.images + [source for source in dataset.sources if source is not None]:
-        digest.update(f"{image.size}".encode())
-        digest.update(hashlib.sha256(image.tobytes()).digest())
-    digest.update(json.dumps(captions).encode())
-    digest.update(f"flip={flip}".encode())
-    return digest.hexdigest()[:20]
-
-
-def _pixels(image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-
-
-ENCODE_PIXELS = 2**16  # pixels per image batch while caching: 16 images of 64 px (32 with their mirrors), one of 256 px
-
-
-def _encode_jobs(dataset: PreparedDataset) -> dict[tuple[int, int], list[tuple[str, int, Image.Image]]]:
-    """Every image to cache as (kind, index, image), by size: the styled image ("latent") and, in a paired set, its photo."""
-    jobs = [("latent", index, image) for index, image in enumerate(dataset.images)]
-    jobs += [("source", index, source) for index, source in enumerate(dataset.sources) if source is not None]
-    by_size: dict[tuple[int, int], list] = {}
-    for job in jobs:
-        by_size.setdefault(job[2].size, []).append(job)
-    return by_size
-
-
-def latent_key(kind: str, index: int, mirrored: bool) -> str:
-    """The cache's name of one latent: ``kind`` is "latent" (the styled image) or "source" (its photo)."""
-    return f"{kind}_flip.{index}" if mirrored else f"{kind}.{index}"
-
-
-@torch.no_grad()
-def _encode_batch(vae, images: list[tuple[Image.Image, bool]]) -> torch.Tensor:
-    """Latents of same-sized ``(image, mirrored)`` pairs, in one pass through the autoencoder (channels-last layout)."""
-    pixels = torch.cat([_pixels(image).flip(-1) if mirrored else _pixels(image) for image, mirrored in images])
-    return encode_pixels(vae, pixels.contiguous(memory_format=torch.channels_last)).cpu()
-
-
-def _chunk_size(image: Image.Image) -> int:
-    return max(1, ENCODE_PIXELS // (image.width * image.height))
-
-
-def encode_images(pipe, dataset: PreparedDataset, flip: bool) -> dict[str, torch.Tensor]:
-    """Scaled posterior means of every image (and its mirror image), and of its source photo in a paired dataset.
-
-    Images of one size go through the autoencoder together, in channels-last layout: on a 2-core CPU that encodes 64 px
-    images twice as fast as one image and its mirror at a time.
-    """
-    latents = {}
-    by_size = _encode_jobs(dataset)
-    pipe.vae.to(memory_format=torch.channels_last)
-    with progress_bar(total=sum(map(len, by_size.values())), desc="caching latents", leave=False) as bar:
-        for jobs in by_size.values():
-            chunk = _chunk_size(jobs[0][2])
-            for first in range(0, len(jobs), chunk):
-                part = jobs[first : first + chunk]
-                orientations = (False, True) if flip else (False,)
-                keys = [latent_key(kind, index, mirrored) for mirrored in orientations for kind, index, _ in part]
-                encoded = _encode_batch(pipe.vae, [(image, mirrored) for mirrored in orientations for _, _, image in part])
-                latents.update((key, latent.contiguous()) for key, latent in zip(keys, encoded))
-                bar.update(len(part))
-    pipe.vae.to(memory_format=torch.contiguous_format)  # as loaded: later images match those of a fresh pipeline
-    return latents
-
-
-def first_use_order(
-    cfg: TrainConfig, dataset: PreparedDataset, buckets: dict[tuple[int, int], list[int]], processes: int = 1
-) -> list[tuple[str, int, bool]]:
-    """Every latent of :func:`encode_images` as ``(kind, index, mirrored)``: those the run's steps read, in the order
-    they first read them (the draws replay from the seed), then the others."""
-    images = [(kind, index) for jobs in _encode_jobs(dataset).values() for kind, index, _ in jobs]
-    sourced = {index for kind, index in images if kind == "source"}
-    order: dict[tuple[str, int, bool], None] = {}
-    for step in range(cfg.steps):
-        picks, mirrored, _ = _step_picks(cfg, buckets, step, processes)
-        for index, flag in zip(picks, mirrored.tolist()):
-            order[("latent", index, flag)] = None
-            if index in sourced:
-                order[("source", index, flag)] = None
-    for kind, index in images:
-        for flag in (False, True) if cfg.flip else (False,):
-            order.setdefault((kind, index, flag), None)
-    return list(order)
-
-
-class BackgroundLatents(dict):
-    """The latents of :func:`encode_images`, encoded by a background thread in the order training first reads them
-    (:func:`first_use_order`): a lookup waits until its latent is there. When training leaves CPU cores idle (the tiny
-    profile trains on one thread), caching then costs it almost no time. ``on_done`` gets all latents at the end."""
-
-    def __init__(self, pipe, dataset: PreparedDataset, order: list[tuple[str, int, bool]], threads: int, on_done):
-        super().__init__()
-        self._expected = {latent_key(*job) for job in order}
-        self._ready = threading.Condition()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._encode, args=(pipe.vae, dataset, order, threads, on_done), name="caching latents", daemon=True
-        )
-        self._thread.start()
-
-    def _encode(self, vae, dataset: PreparedDataset, order, threads: int, on_done) -> None:
-        try:
-            torch.set_num_threads(threads)  # this thread's own count: training keeps its own
-            image = {("latent", i): im for i, im in enumerate(dataset.images)} | {("source", i): im for i, im in enumerate(dataset.sources)}
-            chunks: list[list] = []
-            for kind, index, mirrored in order:  # consecutive jobs of one size, at most a chunk at a time
-                job = (latent_key(kind, index, mirrored), image[kind, index], mirrored)
-                last = chunks[-1] if chunks else None
-                if last and last[0][1].size == job[1].size and len(last) < _chunk_size(job[1]):
-                    last.append(job)
-                else:
-                    chunks.append([job])
-            for chunk in chunks:
-                encoded = _encode_batch(vae, [(im, mirrored) for _, im, mirrored in chunk])
-                with self._ready:
-                    for (key, _, _), latent in zip(chunk, encoded):
-                        dict.__setitem__(self, key, latent.contiguous())
-                    self._ready.notify_all()
-            on_done(dict(self))
-        except BaseException as error:  # handed to the training thread, which waits on this one
-            with self._ready:
-                self._error = error
-                self._ready.notify_all()
-
-    def __contains__(self, key) -> bool:
-        return key in self._expected
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        with self._ready:
-            self._ready.wait_for(lambda: dict.__contains__(self, key) or self._error is not None)
-        if self._error is not None:
-            raise RuntimeError(f"caching the latents failed: {self._error}") from self._error
-        return dict.__getitem__(self, key)
-
-    def finish(self) -> None:
-        """Wait until every latent is encoded and the cache is written."""
-        self._thread.join()
-        if self._error is not None:
-            raise RuntimeError(f"caching the latents failed: {self._error}") from self._error
-
-
-COMMA_LOOKBACK = 20  # a long caption breaks at a comma within a chunk's last 20 tokens, as AUTOMATIC1111 breaks a prompt
-
-
-def _token_count(tokenizer, text: str) -> int:
-    with quiet_loading():  # transformers warns of every sequence longer than the model reads: that is why we count
-        return len(tokenizer(text, truncation=False).input_ids) - 2  # without the begin and end tokens
-
-
-def caption_chunks(tokenizer, caption: str) -> list[str]:
-    """``caption`` cut into pieces the text encoder reads whole (``model_max_length - 2`` tokens: 75 for CLIP), the way
-    AUTOMATIC1111 cuts a long prompt: at the last comma when one falls within a piece's last 20 tokens, else between words."""
-    limit = tokenizer.model_max_length - 2
-    pieces, words = [], caption.split(" ")
-    while words:
-        taken = len(words)
-        while taken > 1 and _token_count(tokenizer, " ".join(words[:taken])) > limit:
-            taken -= 1
-        if taken < len(words):
-            commas = [i + 1 for i, word in enumerate(words[:taken]) if word.endswith(",")]
-            if commas and _token_count(tokenizer, " ".join(words[commas[-1] : taken])) <= COMMA_LOOKBACK:
-                taken = commas[-1]
-        pieces.append(" ".join(words[:taken]))
-        words = words[taken:]
-    return pieces or [""]
-
-
-def _encode_prompts(pipe, prompts: list[str]) -> dict[str, torch.Tensor]:
-    with quiet_loading():
-        encoded = pipe.encode_prompt(
-            prompt=prompts, device=pipe.text_encoder.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )
-    return {"states": encoded[0], "pooled": encoded[2]} if is_sdxl(pipe) else {"states": encoded[0]}
-
-
-def caption_conditioning(pipe, captions: list[str]) -> dict[str, torch.Tensor]:
-    """What the UNet is conditioned on, per caption: the text encoder's states (SDXL: both encoders' penultimate
-    states side by side) and, for SDXL, the pooled embedding of its second encoder. Gradients flow (text-encoder LoRA).
-
-    A caption longer than the text encoder reads is not cut short: it is encoded in chunks (:func:`caption_chunks`)
-    whose states follow one another, as AUTOMATIC1111 encodes a long prompt, and SDXL's pooled embedding is the first
-    chunk's. In a batch with such a caption the shorter ones are padded and ``"mask"`` says which states are real, so
-    that the UNet attends to the same states whatever else is in the batch.
-    """
-    chunked = [caption_chunks(pipe.tokenizer, caption) for caption in captions]
-    encoded = [_encode_prompts(pipe, [pieces[i] if i < len(pieces) else "" for pieces in chunked]) for i in range(max(map(len, chunked)))]
-    conditioning = {"states": torch.cat([chunk["states"] for chunk in encoded], dim=1)}
-    if is_sdxl(pipe):
-        conditioning["pooled"] = encoded[0]["pooled"]
-    if len(encoded) > 1:
-        length = encoded[0]["states"].shape[1]
-        conditioning["mask"] = torch.tensor([[1] * len(p) * length + [0] * (len(encoded) - len(p)) * length for p in chunked])
-        conditioning["states"] = conditioning["states"] * conditioning["mask"][..., None].to(conditioning["states"].dtype)
-    return conditioning
-
-
-@torch.no_grad()
-def encode_captions(pipe, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-    """:func:`caption_conditioning` of each caption as float32 on the CPU, each as long as its own chunks need."""
-    by_length: dict[int, list[str]] = {}
-    for caption in captions:
-        by_length.setdefault(len(caption_chunks(pipe.tokenizer, caption)), []).append(caption)
-    encoded = {}
-    for group in by_length.values():
-        stacked = caption_conditioning(pipe, group)
-        encoded.update(
-            {
-                caption: {kind: stacked[kind][i].float().cpu() for kind in ("states", "pooled") if kind in stacked}
-                for i, caption in enumerate(group)
-            }
-        )
-    return encoded
-
-
-def stack_conditioning(embeddings: dict[str, dict[str, torch.Tensor]], captions: list[str]) -> dict[str, torch.Tensor]:
-    """The cached conditioning of ``captions`` as one batch, padded and masked as :func:`caption_conditioning` pads a
-    batch where their lengths (in chunks) differ."""
-    lengths = [embeddings[c]["states"].shape[0] for c in captions]
-    longest = max(lengths)
-    stacked = {"states": torch.stack([F.pad(embeddings[c]["states"], (0, 0, 0, longest - n)) for c, n in zip(captions, lengths)])}
-    if "pooled" in embeddings[captions[0]]:
-        stacked["pooled"] = torch.stack([embeddings[c]["pooled"] for c in captions])
-    if min(lengths) < longest:
-        stacked["mask"] = torch.tensor([[1] * n + [0] * (longest - n) for n in lengths])
-    return stacked
-
-
-def load_or_build_cache(
-    pipe, dataset: PreparedDataset, flip: bool, cache_dir: Path, background: tuple[list, int] | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], bool]:
-    """Latents per image and text conditioning per distinct caption, from ``cache_dir`` when the key matches.
-
-    Returns ``(latents, conditioning_by_caption, was_cached)``; each caption's conditioning maps
-    ``"states"`` (and for SDXL ``"pooled"``) to a tensor. ``background=(order, threads)``: a missing cache's latents
-    are encoded by a thread of ``threads`` torch threads in that order (:class:`BackgroundLatents`) while the caller
-    goes on; the file is written when that thread is done.
-    """
-    captions = sorted({dataset.caption(i) for i in range(len(dataset))} | {dataset.trigger or ""})
-    path = cache_dir / f"{cache_key(pipe, dataset, captions, flip)}.safetensors"
-    if path.exists():
-        tensors, state = load_checkpoint(path)
-        text = {caption: {} for caption in state["captions"]}
-        for key in [k for k in tensors if k.startswith("text.")]:
-            _, kind, index = key.split(".")
-            text[state["captions"][int(index)]][kind] = tensors.pop(key)
-        return tensors, text, True
-    text = encode_captions(pipe, captions)
-    stored = {f"text.{kind}.{i}": tensor for i, caption in enumerate(captions) for kind, tensor in text[caption].items()}
-
-    def save(latents: dict[str, torch.Tensor]) -> None:
-        save_checkpoint(path, {**latents, **stored}, {"captions": captions})
-
-    if background is None:
-        latents = encode_images(pipe, dataset, flip)
-        save(latents)
-    else:
-        latents = BackgroundLatents(pipe, dataset, *background, on_done=save)
-    return latents, text, False
-
-
-# ---------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------
-
-
 def _step_generator(seed: int, step: int) -> torch.Generator:
     """Batches, noise and timesteps depend only on (seed, step): a resumed run replays them exactly."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009)
@@ -527,35 +220,24 @@ def _global_batch(buckets: dict[tuple[int, int], list[int]], batch: int, flip: b
     return picks, mirrored
 
 
-def _prediction_target(scheduler: DDPMScheduler, noisy, x0, timesteps) -> torch.Tensor:
-    """What the UNet should predict at ``noisy`` so that its denoised estimate is exactly ``x0``.
-
-    For an epsilon model that is the noise: for ordinary training ``noisy`` was made from ``x0``
-    and this is the noise that was added. For pairs, ``noisy`` was made from the photo and ``x0``
-    is the styled image: the adapter learns to turn a noisy photo into the style, which is what
-    stylizing a photo asks of it. For a v-prediction model it is the velocity
-    ``sqrt(a) * noise - sqrt(1 - a) * x0`` of that same noise (what ``scheduler.get_velocity`` gives).
-    """
-    alphas = scheduler.alphas_cumprod.to(noisy.device)[timesteps].view(-1, 1, 1, 1)
-    noise = (noisy - alphas.sqrt() * x0) / (1 - alphas).sqrt()
-    if scheduler.config.prediction_type == "v_prediction":
-        return alphas.sqrt() * noise - (1 - alphas).sqrt() * x0
-    return noise
-
-
-def _snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
-    """Min-SNR weights: ``min(SNR, gamma) / SNR`` for epsilon, ``min(SNR, gamma) / (SNR + 1)`` for v-prediction.
-
-    A zero-terminal-SNR schedule (SNR 0 at the last step) gets weight 0 there for epsilon, 0 for v as well.
-    """
-    if gamma is None:
-        return torch.ones(len(timesteps))
-    alphas = scheduler.alphas_cumprod[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    if scheduler.config.prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.zeros_like(snr))
+def first_use_order(
+    cfg: TrainConfig, dataset: PreparedDataset, buckets: dict[tuple[int, int], list[int]], processes: int = 1
+) -> list[tuple[str, int, bool]]:
+    """Every latent of :func:`encode_images` as ``(kind, index, mirrored)``: those the run's steps read, in the order
+    they first read them (the draws replay from the seed), then the others."""
+    images = [(kind, index) for jobs in encode_jobs(dataset).values() for kind, index, _ in jobs]
+    sourced = {index for kind, index in images if kind == "source"}
+    order: dict[tuple[str, int, bool], None] = {}
+    for step in range(cfg.steps):
+        picks, mirrored, _ = _step_picks(cfg, buckets, step, processes)
+        for index, flag in zip(picks, mirrored.tolist()):
+            order[("latent", index, flag)] = None
+            if index in sourced:
+                order[("source", index, flag)] = None
+    for kind, index in images:
+        for flag in (False, True) if cfg.flip else (False,):
+            order.setdefault((kind, index, flag), None)
+    return list(order)
 
 
 @dataclass
@@ -618,15 +300,16 @@ def denoising_loss(unet, scheduler, start, x0, noise, timesteps, conditioning: d
     """One batch's training loss: noise ``start`` to ``timesteps``, let the UNet predict, compare with the target.
 
     ``start`` is what gets noised and ``x0`` what the prediction must lead to: the same latents in
-    ordinary training, the photo and its styled image for pairs (see :func:`_prediction_target`).
+    ordinary training, the photo and its styled image for pairs (see :func:`stylekit.diffusion.prediction_target`).
     ``conditioning`` holds the UNet's text inputs (``encoder_hidden_states``, and SDXL's
     ``added_cond_kwargs``). Mean squared error per item, min-SNR weighted when ``min_snr_gamma`` is set.
     """
     noisy = scheduler.add_noise(start, noise, timesteps)
     prediction = unet(noisy, timesteps, **conditioning).sample
-    target = _prediction_target(scheduler, noisy, x0, timesteps)
+    kind = prediction_type(scheduler)
+    target = prediction_target(noisy, x0, scheduler.alphas_cumprod[timesteps.cpu()], kind)
     per_item = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_item * _snr_weights(scheduler, timesteps.cpu(), min_snr_gamma).to(per_item.device)).mean()
+    return (per_item * min_snr_weights(scheduler.alphas_cumprod, timesteps, min_snr_gamma, kind).to(per_item.device)).mean()
 
 
 def _text_conditioning(cfg, pipe, embeddings, captions: list[str], accelerator) -> dict[str, torch.Tensor]:
@@ -647,7 +330,7 @@ def _unet_conditioning(text: dict[str, torch.Tensor], size_ids: torch.Tensor) ->
     if "mask" in text:
         conditioning["encoder_attention_mask"] = text["mask"]
     if "pooled" in text:
-        conditioning["added_cond_kwargs"] = {"text_embeds": text["pooled"], "time_ids": size_ids}
+        conditioning["added_cond_kwargs"] = added_conditioning(text["pooled"], size_ids)
     return conditioning
 
 
@@ -685,7 +368,7 @@ def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator)
     """A checkpoint is only resumed by a run with the same settings and data."""
     stamp = run_dir / "run.json"
     current = json.loads(json.dumps({"config": asdict(cfg), "data": data_key, "processes": accelerator.num_processes}))
-    for key in ("output_dir", "extra", "cpu_threads"):  # where results go and how fast: not what is learned
+    for key in ("output_dir", "cpu_threads"):  # where results go and how fast: not what is learned
         current["config"].pop(key)
     if stamp.exists() and (run_dir / CHECKPOINT).exists() and json.loads(stamp.read_text()) != current:
         raise RuntimeError(
@@ -693,45 +376,6 @@ def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator)
         )
     if accelerator.is_main_process:
         stamp.write_text(json.dumps(current, indent=2))
-
-
-@torch.no_grad()
-def prompt_images(txt2img, cfg: TrainConfig) -> list[Image.Image]:
-    """The fixed validation prompts with the style's trigger, at the profile's steps and guidance (seed 0)."""
-    defaults = get_profile(cfg.profile).inference
-    return [
-        txt2img(
-            f"{cfg.trigger} style, {prompt}",
-            num_inference_steps=defaults.steps,
-            guidance_scale=defaults.guidance,
-            generator=torch.Generator().manual_seed(0),
-        ).images[0]
-        for prompt in cfg.validation_prompts
-    ]
-
-
-class _TrainingPreview(Stylizer):
-    """The stylizer on the pipeline being trained: its adapter is the style, switched on and off in place."""
-
-    def __init__(self, pipe, cfg: TrainConfig):
-        super().__init__(cfg.model or cfg.profile, profile=cfg.profile, pipe=pipe)
-        self.cfg = cfg
-
-    def activate(self, styles: dict[str, float], style_strength: float) -> None:
-        switch_trained_adapter(self.pipe.unet, text_encoders(self.pipe), on=bool(styles) and style_strength != 0)
-
-    def trigger(self, name: str) -> str:
-        return self.cfg.trigger
-
-
-@torch.no_grad()
-def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
-    """During training: the validation prompts and one held-out photo through the stylizer at the profile's defaults."""
-    try:
-        styled_photo = _TrainingPreview(pipe, cfg).stylize(photo, cfg.name)[0]
-    finally:
-        switch_trained_adapter(pipe.unet, text_encoders(pipe), on=True)
-    return [*prompt_images(as_task(pipe, "txt2img"), cfg), styled_photo]
 
 
 def training_precision(requested: str) -> str:
@@ -769,6 +413,172 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+ESTIMATE_AFTER = 10  # steps timed before the estimate of the time left is printed
+
+
+def _spare_threads(cfg: TrainConfig, accelerator) -> int:
+    """Torch threads this process's share of the cores has beyond training's own (0 on a GPU, or when the user set
+    ``OMP_NUM_THREADS``): what caching latents in the background may use."""
+    if accelerator.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return 0
+    processes = accelerator.num_processes
+    return max(0, available_cores() // processes - thread_share(cfg.cpu_threads, processes))
+
+
+def _latent_shape(pipe, dataset: PreparedDataset, index: int) -> tuple[int, int, int]:
+    width, height = dataset.images[index].size
+    factor = pipe.vae_scale_factor
+    return (pipe.vae.config.latent_channels, height // factor, width // factor)
+
+
+def _finish_caching(latents) -> None:
+    if isinstance(latents, BackgroundLatents):
+        latents.finish()
+
+
+def _print_estimate(cfg: TrainConfig, steps: int, seconds: float, processes: int) -> None:
+    """One line with the measured speed and the time left, for runs long enough to need it (over a minute left)."""
+    left = seconds / steps * (cfg.steps - steps)
+    if left > 60:
+        images = steps * cfg.batch_size * cfg.gradient_accumulation * processes
+        print(f"{cfg.name}: {images / seconds:.1f} images/s over the first {steps} steps; about {left / 60:.0f} min left", flush=True)
+
+
+def _named_parameters(unet, encoders: list) -> list[tuple[str, torch.nn.Parameter]]:
+    """The UNet's parameters and the text encoders' (``te.``, ``te2.``), with names for checkpoints."""
+    named = list(unet.named_parameters())
+    for number, encoder in enumerate(encoders, 1):
+        prefix = "te." if number == 1 else f"te{number}."
+        named += [(prefix + n, p) for n, p in encoder.named_parameters()]
+    return named
+
+
+class MemoryMonitor:
+    """Peak memory added while a block runs, in MB: the CUDA allocator's peak on a GPU, else resident memory sampled every 5 ms.
+
+    On a CPU the figure is what the process grew by, not the bytes training touched:
+    memory freed earlier (while loading) is reused first, so it can read low.
+    """
+
+    def __init__(self):
+        self.cuda = torch.cuda.is_available()
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> MemoryMonitor:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        self.process = psutil.Process()
+        self.start = self.highest = self.process.memory_info().rss
+        self.running = True
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.highest = max(self.highest, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+        else:
+            self.running = False
+            self.sampler.join()
+            self.peak_mb = (self.highest - self.start) / 2**20
+
+
+@torch.no_grad()
+def prompt_images(txt2img, cfg: TrainConfig) -> list[Image.Image]:
+    """The fixed validation prompts with the style's trigger, at the profile's steps and guidance (seed 0)."""
+    defaults = get_profile(cfg.profile).inference
+    return [
+        txt2img(
+            style_prompt(cfg.trigger, prompt),
+            num_inference_steps=defaults.steps,
+            guidance_scale=defaults.guidance,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
+        for prompt in cfg.validation_prompts
+    ]
+
+
+class _TrainingPreview(Stylizer):
+    """The stylizer on the pipeline being trained: its adapter is the style, switched on and off in place."""
+
+    def __init__(self, pipe, cfg: TrainConfig):
+        super().__init__(cfg.model or cfg.profile, profile=cfg.profile, pipe=pipe)
+        self.cfg = cfg
+
+    def activate(self, styles: dict[str, float], style_strength: float) -> None:
+        switch_trained_adapter(self.pipe.unet, text_encoders(self.pipe), on=bool(styles) and style_strength != 0)
+
+    def trigger(self, name: str) -> str:
+        return self.cfg.trigger
+
+
+@torch.no_grad()
+def validation_images(pipe, cfg: TrainConfig, photo: Image.Image) -> list[Image.Image]:
+    """During training: the validation prompts and one held-out photo through the stylizer at the profile's defaults."""
+    try:
+        styled_photo = _TrainingPreview(pipe, cfg).stylize(photo, cfg.name)[0]
+    finally:
+        switch_trained_adapter(pipe.unet, text_encoders(pipe), on=True)
+    return [*prompt_images(as_task(pipe, "txt2img"), cfg), styled_photo]
+
+
+@contextmanager
+def pipeline_precision(unet, accelerator):
+    """While previews run: the UNet answers in the pipeline's own (half) precision, under autocast.
+
+    With mixed precision, ``accelerator.prepare`` makes the UNet return float32 for the loss; a pipeline's sampler would
+    then hand float32 latents to its half-precision autoencoder and fail ("Input type (float) and bias type (c10::Half)").
+    """
+    patched, original = unet.__dict__.get("forward"), unet.__dict__.get("_original_forward")
+    if patched is None or original is None:  # no mixed precision: nothing was patched
+        yield
+        return
+    unet.forward = original
+    try:
+        with accelerator.autocast():
+            yield
+    finally:
+        unet.forward = patched
+
+
+def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int, accelerator) -> None:
+    unet.eval()
+    with pipeline_precision(pipe.unet, accelerator):
+        images = validation_images(pipe, cfg, photo)
+    unet.train()
+    folder = run_dir / "validation"
+    folder.mkdir(exist_ok=True)
+    save(image_grid([images], col_labels=_column_labels(cfg), title=f"{cfg.name}, step {step}"), folder / f"step_{step:05d}.png")
+
+
+def _write_outputs(
+    pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, cost: dict, accelerator
+) -> dict[str, Path]:
+    info = {
+        "steps": cfg.steps,
+        "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.batch_size,
+        "gradient_accumulation": cfg.gradient_accumulation,
+        "seed": cfg.seed,
+        "resolution": cfg.resolution,
+    }
+    files = save_adapter(pipe, cfg.adapter(), run_dir, cfg.name, info, precision=cfg.save_precision)
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (run_dir / "losses.json").write_text(json.dumps({"losses": losses, "resumed_from": start, **cost}))
+    save(loss_curve({cfg.name: losses}), run_dir / "loss_curve.png")
+    files.update(config=run_dir / "config.json", loss_curve=run_dir / "loss_curve.png")
+    if cfg.validation_every:
+        _save_validation(pipe, pipe.unet, cfg, photo, run_dir, cfg.steps, accelerator)
+    return files
 
 
 def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: bool = False) -> TrainResult:
@@ -885,190 +695,10 @@ def train_adapter(config: TrainConfig, progress: bool = True, keep_pipeline: boo
     return result
 
 
-STEPS_DONE = re.compile(r"training [^:]*:.*?(\d+)/(\d+) \[")  # a trainer's bar on stderr: "training lora:  45%|...| 134/300 ["
-
-
-def _follow(command: list[str], name: str, steps_done: dict[str, int], total: int, env: dict[str, str]) -> tuple[int, str]:
-    """Run ``command``, noting in ``steps_done[name]`` that it started and then the steps its own progress bar reports;
-    returns the exit code and its last messages."""
-    steps_done[name] = 0
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    tail = ""
-    while chunk := os.read(process.stderr.fileno(), 4096):
-        tail = (tail + chunk.decode(errors="replace"))[-2000:]
-        steps = STEPS_DONE.findall(tail)
-        if steps and steps[-1][1] == str(total):
-            steps_done[name] = int(steps[-1][0])
-    return process.wait(), tail
-
-
-def run_trainings(commands: dict[str, list[str]], total: int, at_once: int = 1, progress: bool = True) -> None:
-    """Run ``stylekit train`` commands (name -> command line of ``total`` steps each), ``at_once`` at a time, each in its
-    own process; a bar per training appears when it starts. The bars are drawn here, in the caller's thread (a notebook
-    takes output from there), from the steps each process reports. Raises if a training failed, with its last messages.
-    Side by side on a CPU, each process gets its share of the cores as ``OMP_NUM_THREADS`` (unless the user set it): its
-    caching and loading then do not spin against the other's training."""
-    steps_done: dict[str, int] = {}  # name -> steps, from the moment its process starts
-    bars = {}
-    env = dict(os.environ)
-    if at_once > 1 and pick_device().type == "cpu":
-        env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // at_once)))
-    with ThreadPoolExecutor(at_once) as pool:
-        runs = {name: pool.submit(_follow, command, name, steps_done, total, env) for name, command in commands.items()}
-        while len(bars) < len(commands) or any(not bar.disable for bar in bars.values()):
-            for name in [n for n in commands if n in steps_done]:
-                if name not in bars:
-                    bars[name] = progress_bar(total=total, desc=f"training {name}", disable=not progress)
-                bars[name].update(steps_done[name] - bars[name].n)
-                if runs[name].done():
-                    bars[name].close()  # its time stops here, not when the last training ends
-            time.sleep(0.5)
-    for name, run in runs.items():
-        returncode, messages = run.result()
-        if returncode != 0:
-            raise RuntimeError(f"training {name} failed:\n{messages}")
-
-
-def trainings_at_once(profile: str) -> int:
-    """How many trainings of ``profile`` fit side by side: on a CPU, its cores over the threads each one takes (two of the
-    tiny model's one-thread trainings on 2 cores); on a GPU one, which a training fills."""
-    threads = int(os.environ.get("OMP_NUM_THREADS") or get_profile(profile).train.cpu_threads)
-    if pick_device().type != "cpu" or threads < 1:
-        return 1
-    return max(1, available_cores() // threads)
-
-
-ESTIMATE_AFTER = 10  # steps timed before the estimate of the time left is printed
-
-
-def _spare_threads(cfg: TrainConfig, accelerator) -> int:
-    """Torch threads this process's share of the cores has beyond training's own (0 on a GPU, or when the user set
-    ``OMP_NUM_THREADS``): what caching latents in the background may use."""
-    if accelerator.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return 0
-    processes = accelerator.num_processes
-    return max(0, available_cores() // processes - thread_share(cfg.cpu_threads, processes))
-
-
-def _latent_shape(pipe, dataset: PreparedDataset, index: int) -> tuple[int, int, int]:
-    width, height = dataset.images[index].size
-    factor = pipe.vae_scale_factor
-    return (pipe.vae.config.latent_channels, height // factor, width // factor)
-
-
-def _finish_caching(latents) -> None:
-    if isinstance(latents, BackgroundLatents):
-        latents.finish()
-
-
-def _print_estimate(cfg: TrainConfig, steps: int, seconds: float, processes: int) -> None:
-    """One line with the measured speed and the time left, for runs long enough to need it (over a minute left)."""
-    left = seconds / steps * (cfg.steps - steps)
-    if left > 60:
-        images = steps * cfg.batch_size * cfg.gradient_accumulation * processes
-        print(f"{cfg.name}: {images / seconds:.1f} images/s over the first {steps} steps; about {left / 60:.0f} min left", flush=True)
-
-
-def _named_parameters(unet, encoders: list) -> list[tuple[str, torch.nn.Parameter]]:
-    """The UNet's parameters and the text encoders' (``te.``, ``te2.``), with names for checkpoints."""
-    named = list(unet.named_parameters())
-    for number, encoder in enumerate(encoders, 1):
-        prefix = "te." if number == 1 else f"te{number}."
-        named += [(prefix + n, p) for n, p in encoder.named_parameters()]
-    return named
-
-
-class MemoryMonitor:
-    """Peak memory added while a block runs, in MB: the CUDA allocator's peak on a GPU, else resident memory sampled every 5 ms.
-
-    On a CPU the figure is what the process grew by, not the bytes training touched:
-    memory freed earlier (while loading) is reused first, so it can read low.
-    """
-
-    def __init__(self):
-        self.cuda = torch.cuda.is_available()
-        self.peak_mb = 0.0
-
-    def __enter__(self) -> MemoryMonitor:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-            return self
-        self.process = psutil.Process()
-        self.start = self.highest = self.process.memory_info().rss
-        self.running = True
-        self.sampler = threading.Thread(target=self._sample, daemon=True)
-        self.sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.highest = max(self.highest, self.process.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            self.peak_mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
-        else:
-            self.running = False
-            self.sampler.join()
-            self.peak_mb = (self.highest - self.start) / 2**20
-
-
-@contextmanager
-def pipeline_precision(unet, accelerator):
-    """While previews run: the UNet answers in the pipeline's own (half) precision, under autocast.
-
-    With mixed precision, ``accelerator.prepare`` makes the UNet return float32 for the loss; a pipeline's sampler would
-    then hand float32 latents to its half-precision autoencoder and fail ("Input type (float) and bias type (c10::Half)").
-    """
-    patched, original = unet.__dict__.get("forward"), unet.__dict__.get("_original_forward")
-    if patched is None or original is None:  # no mixed precision: nothing was patched
-        yield
-        return
-    unet.forward = original
-    try:
-        with accelerator.autocast():
-            yield
-    finally:
-        unet.forward = patched
-
-
-def _save_validation(pipe, unet, cfg, photo, run_dir: Path, step: int, accelerator) -> None:
-    unet.eval()
-    with pipeline_precision(pipe.unet, accelerator):
-        images = validation_images(pipe, cfg, photo)
-    unet.train()
-    folder = run_dir / "validation"
-    folder.mkdir(exist_ok=True)
-    save(image_grid([images], col_labels=_column_labels(cfg), title=f"{cfg.name}, step {step}"), folder / f"step_{step:05d}.png")
-
-
-def _write_outputs(
-    pipe, cfg: TrainConfig, run_dir: Path, losses: list[float], photo, start: int, cost: dict, accelerator
-) -> dict[str, Path]:
-    info = {
-        "steps": cfg.steps,
-        "learning_rate": cfg.learning_rate,
-        "batch_size": cfg.batch_size,
-        "gradient_accumulation": cfg.gradient_accumulation,
-        "seed": cfg.seed,
-        "resolution": cfg.resolution,
-    }
-    files = save_adapter(pipe, cfg.adapter(), run_dir, cfg.name, info, precision=cfg.save_precision)
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    (run_dir / "losses.json").write_text(json.dumps({"losses": losses, "resumed_from": start, **cost}))
-    save(loss_curve({cfg.name: losses}), run_dir / "loss_curve.png")
-    files.update(config=run_dir / "config.json", loss_curve=run_dir / "loss_curve.png")
-    if cfg.validation_every:
-        _save_validation(pipe, pipe.unet, cfg, photo, run_dir, cfg.steps, accelerator)
-    return files
-
-
 def before_after_grid(results: dict[str, TrainResult]):
     """The validation prompts and a held-out photo through the stylizer at the profile's defaults, without adapter and then
     with each style's saved file."""
-    configs = {name: TrainConfig(**json.loads((r.folder / "config.json").read_text())) for name, r in results.items()}
+    configs = {name: TrainConfig(**read_run_config(r.folder)) for name, r in results.items()}
     first = next(iter(configs.values())).resolved()
     stylizer = Stylizer(first.model or first.profile, profile=first.profile)
     for name, result in results.items():
@@ -1089,18 +719,3 @@ def _column_labels(cfg: TrainConfig) -> list[str]:
     defaults = get_profile(cfg.profile).inference
     prompts = [textwrap.fill(textwrap.shorten(p, 34, placeholder="..."), 18) for p in cfg.validation_prompts]
     return [*prompts, f"held-out photo,\n{defaults.method}, content {defaults.content_strength:g}"]
-
-
-def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:
-    """Make sure each demo style has a trained adapter (building its dataset and training it if needed).
-
-    Lets any later notebook run on its own. Missing styles train in their own processes, side by side where the CPU
-    allows (:func:`trainings_at_once`). Returns style -> adapter folder.
-    """
-    datasets = ensure_demo_sets(styles, profile, seed)
-    folders = {style: profile_dir(profile) / "loras" / style for style in styles}
-    missing = [style for style in styles if not (folders[style] / DIFFUSERS_WEIGHTS).exists()]
-    command = [sys.executable, "-m", "stylekit", "train", "--profile", profile, "--seed", str(seed)]
-    commands = {style: [*command, str(datasets[style]), "--name", style] for style in missing}
-    run_trainings(commands, get_profile(profile).train.steps, trainings_at_once(profile))
-    return folders

@@ -65,8 +65,8 @@ DEMO_STYLES = ["anime", "watercolor", "oil_painting", "pencil_sketch", "3d"]
 @pytest.fixture(scope="session")
 def fake_corpus_root(tmp_path_factory):
     """A folder laid out like the corpus's installed Debian packages, with a generated scene at every listed path."""
-    from stylekit import synth
-    from stylekit.tiny_corpus import read_manifest
+    from stylekit.tiny import synth
+    from stylekit.tiny.corpus import read_manifest
 
     root = tmp_path_factory.mktemp("corpus_root")
     for seed, entry in enumerate(read_manifest()):
@@ -79,7 +79,7 @@ def fake_corpus_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_outputs(tmp_path_factory):
     """An outputs folder with every demo style trained on the tiny profile (once per test session)."""
-    from stylekit.train import ensure_trained
+    from stylekit.launcher import ensure_trained
 
     folder = tmp_path_factory.mktemp("trained_outputs")
     previous = os.environ.get("STYLEKIT_OUTPUTS")

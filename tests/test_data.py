@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylekit import synth
+from stylekit.tiny import synth
 from stylekit.cli import main
 from stylekit.data import build_demo_sets, check_dataset, open_image, prepare_dataset
 
@@ -221,7 +221,7 @@ def test_demo_sets_at_sd15_size_use_only_photos_large_enough(monkeypatch, capsys
 
 
 def test_demo_sets_pair_each_image_with_its_source_photo(tmp_path):
-    from stylekit.synth import apply_style
+    from stylekit.tiny.synth import apply_style
 
     folder = build_demo_sets(tmp_path, styles=["pencil_sketch"], count=6)["pencil_sketch"]
     report = check_dataset(folder)

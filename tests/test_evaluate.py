@@ -4,26 +4,26 @@ from pathlib import Path
 
 import pytest
 
-from stylekit import metrics
+from stylekit import judge, metrics
 from stylekit.cli import main
 from stylekit.data import center_square, load_photos
 from stylekit.evaluate import BAR, EvalConfig, evaluate, evaluation_photos
 from stylekit.report import write_report
 from stylekit.stylize import Stylizer
-from stylekit.synth import STYLES
-from stylekit.tiny_corpus import read_manifest
+from stylekit.tiny.synth import STYLES
+from stylekit.tiny.corpus import read_manifest
 
 
 @pytest.fixture(scope="module")
 def reference(trained_outputs):
-    return metrics.StyleReference.demo(list(STYLES))
+    return judge.StyleReference.demo(list(STYLES))
 
 
 def test_style_strength_sweep_is_monotonic_on_a_real_run(trained_outputs, reference):
     stylizer = Stylizer("tiny")
     photos = {p.file_name: center_square(p.image, 64) for p in load_photos(split="held_out")}
     # watercolor rises from 0 to 1; past 1 its content SSIM goes up again (0.42 at 1, 0.48 at 1.5 on this base)
-    rows, images = metrics.strength_sweep(stylizer, photos, "watercolor", [0.0, 0.5, 1.0], reference, progress=False)
+    rows, images = judge.strength_sweep(stylizer, photos, "watercolor", [0.0, 0.5, 1.0], reference, progress=False)
     points = metrics.mean_by(rows, ["style_strength"])
     style = [p["style_probability"] for p in points]
     content = [p["ssim"] for p in points]
@@ -35,9 +35,7 @@ def test_style_strength_sweep_is_monotonic_on_a_real_run(trained_outputs, refere
 def test_content_strength_sweep_keeps_more_of_the_photo(trained_outputs, reference):
     stylizer = Stylizer("tiny")
     photos = {p.file_name: center_square(p.image, 64) for p in load_photos(split="held_out")}
-    rows, _ = metrics.strength_sweep(
-        stylizer, photos, "watercolor", [0.2, 0.5, 0.8, 1.0], reference, axis="content_strength", progress=False
-    )
+    rows, _ = judge.strength_sweep(stylizer, photos, "watercolor", [0.2, 0.5, 0.8, 1.0], reference, axis="content_strength", progress=False)
     points = metrics.mean_by(rows, ["content_strength"])
     assert metrics.is_monotonic([p["ssim"] for p in points], increasing=True, tolerance=0.01, min_change=0.3)
     assert points[-1]["ssim"] == pytest.approx(1.0, abs=0.05)  # content strength 1 returns the photo

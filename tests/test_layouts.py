@@ -23,6 +23,7 @@ from layouts import build_sd15, build_sdxl
 from PIL import Image
 from safetensors import safe_open
 
+import stylekit.cache as cache_module
 import stylekit.train as train_module
 from stylekit.adapters import KINDS, AdapterMismatch, AdapterSpec, attach_adapter, trainable_parameters
 from stylekit.cli import main
@@ -231,7 +232,7 @@ def test_training_releases_its_pipeline_unless_asked(folders, dataset, outputs, 
 
 
 def test_v_prediction_trains_on_the_velocity_and_inverts(tmp_path, dataset, outputs):
-    from stylekit.train import _prediction_target, _snr_weights
+    from stylekit.diffusion import min_snr_weights, prediction_target
 
     folder = build_sd15(tmp_path / "v_model", prediction_type="v_prediction", zero_terminal_snr=True)
     scheduler = DDPMScheduler.from_config(load_pipeline(str(folder), device="cpu").scheduler.config)
@@ -239,8 +240,11 @@ def test_v_prediction_trains_on_the_velocity_and_inverts(tmp_path, dataset, outp
     x0, noise = torch.randn(2, 3, 4, 8, 8).unbind(0)
     t = torch.tensor([10, 500, 999])
     noisy = scheduler.add_noise(x0, noise, t)
-    torch.testing.assert_close(_prediction_target(scheduler, noisy, x0, t), scheduler.get_velocity(x0, noise, t), atol=1e-4, rtol=1e-4)
-    weights = _snr_weights(scheduler, t, 5.0)
+    kind = "v_prediction"
+    torch.testing.assert_close(
+        prediction_target(noisy, x0, scheduler.alphas_cumprod[t], kind), scheduler.get_velocity(x0, noise, t), atol=1e-4, rtol=1e-4
+    )
+    weights = min_snr_weights(scheduler.alphas_cumprod, t, 5.0, kind)
     snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
     torch.testing.assert_close(weights, torch.clamp(snr, max=5.0) / (snr + 1))
     assert torch.isfinite(weights).all()
@@ -348,12 +352,12 @@ def test_safety_checker_when_asked_judges_both_methods_alike(folders, dataset, o
 def test_latents_cached_in_the_background_train_the_same_layouts(profile, folders, dataset, outputs, monkeypatch):
     started = []
 
-    class Recorded(train_module.BackgroundLatents):
+    class Recorded(cache_module.BackgroundLatents):
         def __init__(self, *args, **kwargs):
             started.append(True)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "BackgroundLatents", Recorded)
+    monkeypatch.setattr(cache_module, "BackgroundLatents", Recorded)
     monkeypatch.setattr(train_module, "available_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     result = train_adapter(_config(profile, folders[profile], dataset, "background", cpu_threads=1), progress=False)

@@ -6,9 +6,9 @@ import torch
 from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
-from stylekit import metrics
+from stylekit import judge, metrics
 from stylekit.data import build_demo_sets, center_square, load_photos
-from stylekit.synth import STYLES, apply_style
+from stylekit.tiny.synth import STYLES, apply_style
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_sizes_are_matched(photo):
 def reference(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STYLEKIT_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
-        return metrics.StyleReference.demo(list(STYLES))
+        return judge.StyleReference.demo(list(STYLES))
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,11 @@ def test_style_classifier_recognises_the_demo_styles(reference, held_out):
 
 def test_folders_make_a_reference_too(tmp_path, held_out):
     folders = build_demo_sets(tmp_path, ["anime", "pencil_sketch"], count=12)
-    reference = metrics.StyleReference.from_folders(folders, held_out * 3)
+    reference = judge.StyleReference.from_folders(folders, held_out * 3)
     assert reference.classifier.classes == ["anime", "pencil_sketch", "photo"] and len(reference.images["anime"]) == 12
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no reference images for empty"):
-        metrics.StyleReference.from_folders({"empty": tmp_path / "empty"}, held_out)
+        judge.StyleReference.from_folders({"empty": tmp_path / "empty"}, held_out)
 
 
 def test_style_scores_against_the_exact_target(reference, held_out):
@@ -103,7 +103,7 @@ def test_style_scores_against_the_exact_target(reference, held_out):
 def test_scores_reuse_each_reference_sets_gram_matrices_with_the_same_result(reference, held_out):
     photo, style = held_out[0], "watercolor"
     stylized = apply_style(style, photo)
-    cached = metrics.score(photo, stylized, style, reference)
+    cached = judge.score(photo, stylized, style, reference)
     fresh = metrics.gram_distance(reference.classifier.net, stylized, reference.images[style])
     assert cached["gram_distance"] == pytest.approx(fresh, rel=1e-5)
     assert reference.mean_grams(style) is reference.mean_grams(style)
@@ -230,18 +230,18 @@ def test_target_gain_is_zero_for_the_photo_one_for_the_target_and_low_for_a_blur
 
 
 def test_judge_check_flags_what_the_judge_can_and_cannot_tell(reference, held_out):
-    rows = {r["style"]: r for r in metrics.judge_check(reference.classifier, held_out, list(STYLES))}
+    rows = {r["style"]: r for r in judge.judge_check(reference.classifier, held_out, list(STYLES))}
     assert rows["pencil_sketch"]["valid"] and rows["pencil_sketch"]["on_target"] > 0.9 and rows["pencil_sketch"]["on_photo"] < 0.05
     for row in rows.values():
-        assert row["valid"] == (row["on_target"] >= metrics.JUDGE_ON_TARGET and row["on_photo"] <= metrics.JUDGE_ON_PHOTO)
+        assert row["valid"] == (row["on_target"] >= judge.JUDGE_ON_TARGET and row["on_photo"] <= judge.JUDGE_ON_PHOTO)
 
 
 def test_image_statistics_of_a_batch_are_each_images_own():
     photo = center_square(load_photos(split="held_out")[0].image, 64)
     flat = Image.new("RGB", (64, 64), (200, 40, 40))
-    together = metrics.image_statistics([photo, flat, apply_style("anime", photo)])
+    together = judge.image_statistics([photo, flat, apply_style("anime", photo)])
     for row, image in zip(together, (photo, flat, apply_style("anime", photo))):
-        assert torch.equal(row, metrics.image_statistics([image])[0])
+        assert torch.equal(row, judge.image_statistics([image])[0])
     # one colour: no saturation spread, no edges, no local variance, a palette of one colour in 64 x 64 pixels
     assert torch.equal(together[1][[6, 7, 8, 9, 10, 11]], torch.zeros(6)) and together[1][12] == pytest.approx(1 / 4096)
     assert together[2][12] < together[0][12]  # the anime filter's flat colours: fewer distinct colours than the photo

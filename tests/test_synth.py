@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylekit import synth
+from stylekit.tiny import synth
 from stylekit.data import load_photos
 
 

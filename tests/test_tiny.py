@@ -8,8 +8,8 @@ from conftest import kill_once_written
 from safetensors.torch import load_file
 
 from stylekit.checkpoints import load_checkpoint
-from stylekit.tiny import PretrainConfig, build_tokenizer
-from stylekit.tiny_corpus import read_manifest
+from stylekit.tiny.pretrain import PretrainConfig, build_tokenizer
+from stylekit.tiny.corpus import read_manifest
 
 SMOKE = [
     "--scene-count",
@@ -110,11 +110,41 @@ def test_tokenizer_is_deterministic():
     assert first.get_vocab() == second.get_vocab()
 
 
-def test_the_model_card_has_its_own_command_and_tiny_does_not_import_it():
-    probe = "import sys, stylekit.tiny; print('stylekit.tiny_card' in sys.modules)"
+def test_the_model_card_has_its_own_command_and_pretraining_does_not_import_it():
+    probe = "import sys, stylekit.tiny.pretrain; print('stylekit.tiny.card' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
-    from stylekit import tiny_card
+    from stylekit.tiny import card
 
-    assert tiny_card.main.__module__ == "stylekit.tiny_card"
+    assert card.main.__module__ == "stylekit.tiny.card"
     with pytest.raises(SystemExit):
-        tiny_card.main(["--help"])
+        card.main(["--help"])
+
+
+def test_a_run_extends_and_its_snapshot_is_the_ema_weights(tmp_path, smoke):
+    first = _train(tmp_path / "out", tmp_path / "work", smoke)
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    snapshot = [sys.executable, "-m", "stylekit.tiny", "snapshot", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "look")]
+    subprocess.run(snapshot, check=True, capture_output=True, timeout=600)
+    finished, looked = _unet_weights(tmp_path / "out"), _unet_weights(tmp_path / "look")
+    assert finished.keys() == looked.keys() and all(np.array_equal(finished[k].numpy(), looked[k].numpy()) for k in finished)
+
+    longer = [*smoke[: smoke.index("--unet-steps") + 1], "45", *smoke[smoke.index("--unet-steps") + 2 :]]
+    extended = _train(tmp_path / "out", tmp_path / "work", longer)
+    assert extended.wait(timeout=600) == 0, extended.stderr.read()  # more steps is the same run, continued
+    _, state = load_checkpoint(tmp_path / "work" / "unet_state.safetensors")
+    assert state["step"] == 45 and len(state["losses"]) == 45
+
+
+def test_ema_forgets_the_start_then_settles():
+    from stylekit.tiny.pretrain import ema_decay
+
+    assert ema_decay(0, 0.999) == 0.0  # the first update copies the weights
+    assert 0.9 < ema_decay(100, 0.999) < ema_decay(1000, 0.999) < 0.999 == ema_decay(100_000, 0.999)
+
+
+def test_pooled_text_conditions_every_block():
+    from stylekit.tiny.pretrain import build_unet
+
+    unet = build_unet(PretrainConfig(pooled_text=True))
+    assert unet.config.addition_embed_type == "text" and unet.add_embedding is not None
+    assert build_unet(PretrainConfig()).config.addition_embed_type is None

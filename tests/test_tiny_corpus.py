@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylekit import synth
+from stylekit.tiny import synth
 from stylekit.data import ImageProblem
-from stylekit.tiny_corpus import LOADED_SHORT_SIDE, MEDIA, load_corpus, read_manifest, render, subject_of
+from stylekit.tiny.corpus import LOADED_SHORT_SIDE, MEDIA, load_corpus, read_manifest, render, subject_of
 
 DEMO_STYLE_WORDS = ("anime", "watercolor", "oil", "pencil", "sketch", "3d", "clay", "cel shading")
 PACKAGED_ROOT = Path("/")

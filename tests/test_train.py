@@ -17,17 +17,8 @@ from stylekit.cli import main
 from stylekit.data import build_demo_sets, prepare_dataset
 from stylekit.models import as_task, cpu_threads, load_pipeline
 from stylekit.profiles import get_profile
-from stylekit.train import (
-    CHECKPOINT,
-    BackgroundLatents,
-    TrainConfig,
-    TrainingDiverged,
-    cache_key,
-    first_use_order,
-    latent_key,
-    load_or_build_cache,
-    train_adapter,
-)
+from stylekit.cache import BackgroundLatents, cache_key, latent_key, load_or_build_cache
+from stylekit.train import CHECKPOINT, TrainConfig, TrainingDiverged, first_use_order, train_adapter
 
 
 @pytest.fixture(scope="module")
@@ -284,14 +275,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(options, ani
 def test_pairs_teach_the_change_from_photo_to_style(anime_set, outputs):
     from diffusers import DDPMScheduler
 
-    from stylekit.train import _prediction_target
+    from stylekit.diffusion import prediction_target
 
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     photo, styled, noise = torch.randn(3, 2, 4, 8, 8).unbind(0)
     t = torch.tensor([10, 700])
     noisy = scheduler.add_noise(photo, noise, t)
-    torch.testing.assert_close(_prediction_target(scheduler, noisy, photo, t), noise, atol=1e-4, rtol=1e-4)  # unpaired: plain noise
-    target = _prediction_target(scheduler, noisy, styled, t)
+    torch.testing.assert_close(
+        prediction_target(noisy, photo, scheduler.alphas_cumprod[t], "epsilon"), noise, atol=1e-4, rtol=1e-4
+    )  # unpaired: plain noise
+    target = prediction_target(noisy, styled, scheduler.alphas_cumprod[t], "epsilon")
     alphas = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     torch.testing.assert_close((noisy - (1 - alphas).sqrt() * target) / alphas.sqrt(), styled, atol=1e-4, rtol=1e-4)
 
@@ -312,38 +305,38 @@ def test_pairs_teach_the_change_from_photo_to_style(anime_set, outputs):
 
 
 def test_trainings_side_by_side_fill_the_cores_without_oversubscribing(monkeypatch):
-    from stylekit import train
+    from stylekit import launcher
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(train, "available_cores", lambda: 4)
-    assert train.trainings_at_once("tiny") == 4  # one thread each
-    assert train.trainings_at_once("sd15") == 1  # a training that takes every core (or a GPU) runs alone
+    monkeypatch.setattr(launcher, "available_cores", lambda: 4)
+    assert launcher.trainings_at_once("tiny") == 4  # one thread each
+    assert launcher.trainings_at_once("sd15") == 1  # a training that takes every core (or a GPU) runs alone
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert train.trainings_at_once("tiny") == 2
+    assert launcher.trainings_at_once("tiny") == 2
 
 
 def test_trainings_side_by_side_each_get_their_share_of_the_cores_as_omp_threads(monkeypatch):
-    from stylekit import train
+    from stylekit import launcher
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(train, "available_cores", lambda: 4)
-    monkeypatch.setattr(train, "pick_device", lambda *args: torch.device("cpu"))
+    monkeypatch.setattr(launcher, "available_cores", lambda: 4)
+    monkeypatch.setattr(launcher, "pick_device", lambda *args: torch.device("cpu"))
 
     def expecting(value):  # a process that fails unless it sees OMP_NUM_THREADS == value
         return [sys.executable, "-c", f"import os, sys; sys.exit(os.environ.get('OMP_NUM_THREADS') != {value!r})"]
 
-    train.run_trainings({"a": expecting("2"), "b": expecting("2")}, total=1, at_once=2, progress=False)
-    train.run_trainings({"alone": expecting(None)}, total=1, at_once=1, progress=False)  # one at a time: all the cores
+    launcher.run_trainings({"a": expecting("2"), "b": expecting("2")}, total=1, at_once=2, progress=False)
+    launcher.run_trainings({"alone": expecting(None)}, total=1, at_once=1, progress=False)  # one at a time: all the cores
     with pytest.raises(RuntimeError, match="training a failed"):
-        train.run_trainings({"a": expecting("4")}, total=1, at_once=2, progress=False)  # the check itself can fail
+        launcher.run_trainings({"a": expecting("4")}, total=1, at_once=2, progress=False)  # the check itself can fail
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    train.run_trainings({"a": expecting("3")}, total=1, at_once=2, progress=False)  # the user's choice is kept
+    launcher.run_trainings({"a": expecting("3")}, total=1, at_once=2, progress=False)  # the user's choice is kept
 
 
 def test_long_captions_are_encoded_in_chunks_not_cut(tiny_pipe):
     """As AUTOMATIC1111 reads a long prompt: pieces of at most 30 tokens here (75 for CLIP), cut at a comma near the end
     of a piece, each encoded whole; the words past the first piece still change the conditioning."""
-    from stylekit.train import caption_chunks, caption_conditioning, stack_conditioning, encode_captions
+    from stylekit.cache import caption_chunks, caption_conditioning, encode_captions, stack_conditioning
 
     tokenizer = tiny_pipe.tokenizer
     head = "anime style, two red houses and two trees on autumn fields under a sunset sky, with the sun, clouds, mountains"

@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage.segmentation import find_boundaries, slic
 
-from .data import ImageProblem, open_image
-from .paths import DATA_DIR
+from ..data import ImageProblem, open_image
+from ..paths import DATA_DIR
 from .synth import luminance, to_array, to_image
 
 __all__ = ["CORPUS_MANIFEST", "MEDIA", "CorpusImage", "load_corpus", "read_manifest", "render", "subject_of"]

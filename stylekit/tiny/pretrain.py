@@ -3,14 +3,14 @@
 The tiny model has the Stable Diffusion layout (``AutoencoderKL``,
 ``UNet2DConditionModel``, a CLIP text encoder and tokenizer, a scheduler) at a
 size that trains and runs on a laptop CPU. It is trained from scratch on the
-shipped photos, the procedural scenes of :mod:`stylekit.synth`, and the corpus of
-:mod:`stylekit.tiny_corpus` (wallpaper photos and artwork from Debian packages,
+shipped photos, the procedural scenes of :mod:`stylekit.tiny.synth`, and the corpus of
+:mod:`stylekit.tiny.corpus` (wallpaper photos and artwork from Debian packages,
 and generic artistic renderings; never the five demo styles):
 
     python -m stylekit.tiny train            # autoencoder, then UNet + text encoder
-    python -m stylekit.tiny_card             # then measure it and write its model card
+    python -m stylekit.tiny.card             # then measure it and write its model card
 
-This module knows nothing of the card: ``tiny_card`` imports it, not the other way round.
+This module knows nothing of the card: ``card`` imports it, not the other way round.
 
 Training writes periodic checkpoints and resumes from the latest one.
 """
@@ -18,6 +18,7 @@ Training writes periodic checkpoints and resumes from the latest one.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 from collections import Counter
 import json
@@ -35,15 +36,15 @@ from PIL import Image
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import synth, tiny_corpus
-from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
-from .data import load_photos
-from .models import pick_device, tokenize
-from .progress import progress_bar
+from . import corpus, synth
+from ..checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
+from ..data import load_photos
+from ..diffusion import min_snr_weights
+from ..models import pick_device, tiny_model_dir, tokenize
+from ..progress import progress_bar
 
-__all__ = ["TINY_MODEL_DIR", "PretrainConfig", "build_text_encoder", "build_tokenizer", "build_unet", "build_vae", "pretrain"]
+__all__ = ["PretrainConfig", "build_text_encoder", "build_tokenizer", "build_unet", "build_vae", "pretrain", "snapshot"]
 
-TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Words the later notebooks use in prompts, so that they are whole tokens.
 EXTRA_WORDS = "style anime watercolor oil painting pencil sketch 3d clay render cel shading drawing art photo portrait landscape picture"
@@ -63,9 +64,12 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_crop: int = 32  # the autoencoder is fully convolutional: it trains on crops, runs on full images
     vae_lr: float = 1e-3
-    unet_steps: int = 5000
+    unet_steps: int = 5000  # may be raised when a run resumes: the learning rate is constant after warmup
     unet_batch: int = 32
     unet_lr: float = 5e-4
+    unet_warmup: int = 500
+    ema_max_decay: float = 0.999  # EMA of the UNet and text encoder, warmed up as diffusers' EMAModel (power 3/4)
+    snr_gamma: float = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 turns it off
     caption_dropout: float = 0.1
     checkpoint_every: int = 250
     seed: int = 0
@@ -77,6 +81,8 @@ class PretrainConfig:
     text_layers: int = 2
     max_tokens: int = 32
     extra_words: str = field(default=EXTRA_WORDS)
+    pooled_text: bool = False  # also condition every ResNet block on the pooled caption (diffusers' addition_embed_type="text")
+    vae_from: str = ""  # a model folder whose autoencoder is reused (stage 1 skipped); empty: train one
 
 
 # ---------------------------------------------------------------------------
@@ -156,6 +162,9 @@ def build_unet(config: PretrainConfig) -> UNet2DConditionModel:
         cross_attention_dim=config.text_width,
         attention_head_dim=4,
         norm_num_groups=32,
+        # the caption, pooled by attention, added to the time embedding: every ResNet block sees it
+        addition_embed_type="text" if config.pooled_text else None,
+        addition_embed_type_num_heads=4,
     )
 
 
@@ -207,12 +216,12 @@ def training_pool(config: PretrainConfig, corpus_root: Path = Path("/")) -> tupl
     """
     rng = np.random.default_rng(config.seed)
     samples: list[tuple[Image.Image, str, int]] = []
-    corpus = tiny_corpus.load_corpus("train", corpus_root)
+    entries = corpus.load_corpus("train", corpus_root)
     photos = [(p.image, p.caption, config.crops_per_photo) for p in load_photos(split="train")]
-    photos += [(c.image, c.text, config.crops_per_corpus_photo) for c in corpus if c.kind == "photo"]
+    photos += [(c.image, c.text, config.crops_per_corpus_photo) for c in entries if c.kind == "photo"]
     for image, caption, count in photos:
         samples += [(crop, caption, PHOTO) for crop in _random_crops(image, count, config.resolution, rng)]
-    for artwork in (c for c in corpus if c.kind == "artwork"):
+    for artwork in (c for c in entries if c.kind == "artwork"):
         samples += [(crop, artwork.text, ART) for crop in _random_crops(artwork.image, config.crops_per_artwork, config.resolution, rng)]
     scenes = [(s.image, s.caption, SCENE) for s in synth.make_scenes(config.scene_count, config.resolution, seed=config.seed)]
     samples += scenes + _renderings([s for s in samples if s[2] == PHOTO] + scenes, config.rendering_count, rng)
@@ -222,12 +231,12 @@ def training_pool(config: PretrainConfig, corpus_root: Path = Path("/")) -> tupl
 
 def _renderings(sources: list[tuple[Image.Image, str, int]], count: int, rng: np.random.Generator) -> list[tuple[Image.Image, str, int]]:
     """``count`` renderings of randomly chosen ``sources``, the media taking turns."""
-    media = list(tiny_corpus.MEDIA)
+    media = list(corpus.MEDIA)
     picks = rng.integers(len(sources), size=count)
     rendered = []
     for i, pick in enumerate(progress_bar(picks, desc="artistic renderings")):
         image, caption, _ = sources[pick]
-        rendered.append((*tiny_corpus.render(media[i % len(media)], image, caption, rng), ART))
+        rendered.append((*corpus.render(media[i % len(media)], image, caption, rng), ART))
     return rendered
 
 
@@ -333,21 +342,30 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256) -
     )
 
 
+def ema_decay(step: int, max_decay: float, power: float = 0.75) -> float:
+    """diffusers' EMA warmup (inv_gamma 1): short memory early, so the random initialisation is forgotten."""
+    return min(max_decay, 1 - (1 + step) ** -power)
+
+
 def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: PretrainConfig, work: Path) -> list[float]:
-    """Stage 2: UNet and text encoder together, epsilon prediction, with caption dropout for guidance."""
+    """Stage 2: UNet and text encoder together, epsilon prediction with min-SNR weighting, caption dropout for
+    guidance, and an EMA of the weights that replaces them at the end."""
     scheduler = training_scheduler()
     device = next(unet.parameters()).device
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     ckpt = work / "unet_state.safetensors"
-    modules = {"unet": unet, "text_encoder": text_encoder}
+    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text_encoder": ema_text}
     start, losses = _resume_stage(ckpt, modules, optimizer)
     unet.train()
     text_encoder.train()
     bar = progress_bar(range(start, config.unet_steps), initial=start, total=config.unet_steps, desc="unet")
     for step in bar:
         generator = _step_generator(config.seed, 2, step)
-        _set_lr(optimizer, config.unet_lr, step, config.unet_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = config.unet_lr * min(1.0, (step + 1) / config.unet_warmup)
         index = torch.randint(len(latents), (config.unet_batch,), generator=generator)
         ids = token_ids[index].clone()
         dropped = torch.rand(config.unet_batch, generator=generator) < config.caption_dropout
@@ -360,15 +378,20 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: Pretra
         noisy = scheduler.add_noise(x0, noise, t)
         states = text_encoder(ids.to(device)).last_hidden_state
         pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=states).sample
-        loss = F.mse_loss(pred, noise.to(device))
+        per_sample = F.mse_loss(pred, noise.to(device), reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(scheduler.alphas_cumprod, t, config.snr_gamma).to(device)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(loss.item())
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - ema_decay(step, config.ema_max_decay))
+        losses.append(per_sample.mean().item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
             _save_stage(ckpt, modules, optimizer, step + 1, losses)
+    unet.load_state_dict(ema_unet.state_dict())
+    text_encoder.load_state_dict(ema_text.state_dict())
     unet.eval()
     text_encoder.eval()
     return losses
@@ -393,7 +416,7 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
 
     ``device``: ``"auto"`` (a CUDA GPU when there is one), ``"cpu"``, ``"cuda"``... Batches and noise are drawn
     on the CPU, so a run replays the same data on any device. ``corpus_root``: where the corpus's Debian
-    packages are installed or extracted (see :mod:`stylekit.tiny_corpus`).
+    packages are installed or extracted (see :mod:`stylekit.tiny.corpus`).
     """
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -405,9 +428,14 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
     target = pick_device(device)
     vae, unet, text_encoder = (m.to(target) for m in (build_vae(config), build_unet(config), build_text_encoder(config, len(tokenizer))))
 
-    vae_losses = train_vae(vae, pixels, kinds, config, work)
-    latents = encode_latents(vae, pixels)
+    if config.vae_from:
+        vae = AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", torch_dtype=torch.float32).to(target).eval()
+        vae_losses = []
+    else:
+        vae_losses = train_vae(vae, pixels, kinds, config, work)
+    latents = _run_latents(work, vae, pixels)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    (work / "vae_config.json").write_text(vae.to_json_string())
     latents = latents * vae.config.scaling_factor
     token_ids = tokenize(tokenizer, captions)
     empty_ids = tokenize(tokenizer, [""])[0]
@@ -421,8 +449,8 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
         "images": len(pixels),
         "images_per_kind": {name: int((kinds == kind).sum()) for name, kind in (("photo", PHOTO), ("scene", SCENE), ("art", ART))},
         "photos_used": [p.file_name for p in load_photos(split="train")],
-        "corpus_used": [entry.path for entry in tiny_corpus.read_manifest() if entry.split == "train"],
-        "final_vae_loss": float(np.mean(vae_losses[-100:])),
+        "corpus_used": [entry.path for entry in corpus.read_manifest() if entry.split == "train"],
+        "final_vae_loss": float(np.mean(vae_losses[-100:])) if vae_losses else None,
         "final_unet_loss": float(np.mean(unet_losses[-100:])),
         "scaling_factor": vae.config.scaling_factor,
         "parameters": {
@@ -434,6 +462,41 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
     np.save(work / "losses_vae.npy", np.array(vae_losses))
     np.save(work / "losses_unet.npy", np.array(unet_losses))
     return pipe
+
+
+def snapshot(work: Path, out: Path) -> StableDiffusionPipeline:
+    """Save the EMA weights of ``work``'s latest UNet checkpoint as a pipeline in ``out``, while the run goes on or after
+    it stopped: a look at a long pretraining without interrupting it. The model card needs a finished run
+    (``train`` with ``--unet-steps`` at the step reached writes the full record)."""
+    run = json.loads((work / "run.json").read_text())
+    config = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["config"].items() if k != "unet_steps"})
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    vae_config = json.loads((work / "vae_config.json").read_text())
+    vae = AutoencoderKL.from_config(vae_config)
+    if config.vae_from:
+        vae.load_state_dict(AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", torch_dtype=torch.float32).state_dict())
+    else:
+        vae.load_state_dict({k[len("vae.") :]: v for k, v in load_checkpoint(work / "vae_state.safetensors")[0].items() if k.startswith("vae.")})
+    unet, text_encoder = build_unet(config), build_text_encoder(config, len(tokenizer))
+    tensors, state = load_checkpoint(work / "unet_state.safetensors")
+    for name, module in (("ema_unet.", unet), ("ema_text_encoder.", text_encoder)):
+        module.load_state_dict({k[len(name) :]: v for k, v in tensors.items() if k.startswith(name)})
+    pipe = assemble_pipeline(vae.eval(), unet.eval(), text_encoder.eval(), tokenizer)
+    _save_fp16(pipe, out)
+    record = {"config": {**run["config"], "unet_steps": state["step"]}, "data_hash": run["data_hash"], "snapshot_of": str(work)}
+    record["final_unet_loss"] = float(np.mean(state["losses"][-100:]))
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+    return pipe
+
+
+def _run_latents(work: Path, vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """The pool's latents: encoded once after the autoencoder is done, then read back when the run resumes."""
+    path = work / "latents.safetensors"
+    if path.exists():
+        return load_checkpoint(path)[0]["latents"]
+    latents = encode_latents(vae, pixels)
+    save_checkpoint(path, {"latents": latents}, {})
+    return latents
 
 
 def _run_tokenizer(work: Path, captions: list[str], config: PretrainConfig) -> CLIPTokenizer:
@@ -449,9 +512,11 @@ def _run_tokenizer(work: Path, captions: list[str], config: PretrainConfig) -> C
 def _check_same_run(work: Path, config: PretrainConfig, digest: str) -> None:
     """Refuse to resume checkpoints made with other settings or data."""
     stamp = work / "run.json"
-    current = {"config": asdict(config), "data_hash": digest}
+    current = {"config": {**asdict(config), "unet_steps": None}, "data_hash": digest}  # a run may be extended
     if stamp.exists():
         previous = json.loads(stamp.read_text())
+        defaults = json.loads(json.dumps(asdict(PretrainConfig())))
+        previous["config"] = {**defaults, **previous["config"]}  # settings added since the run began keep their defaults
         if json.loads(json.dumps(current)) != previous:
             raise RuntimeError(f"{work} holds checkpoints of a run with other settings or data; pass a fresh --work folder or delete it")
     else:
@@ -465,6 +530,10 @@ def _save_fp16(pipe: StableDiffusionPipeline, out: Path) -> None:
     pipe.to(torch.float32)
 
 
+def _int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stylekit.tiny", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -472,21 +541,27 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="pretrain the tiny model (resumes from --work)")
     train.add_argument(
-        "--out", type=Path, default=TINY_MODEL_DIR, help="where the finished pipeline is saved (default: the package's tiny_model)"
+        "--out", type=Path, default=tiny_model_dir(), help="where the finished pipeline is saved (default: the package's tiny model)"
     )
     train.add_argument("--work", type=Path, default=Path("outputs/tiny_pretrain"), help="checkpoints and logs")
     for name, value in asdict(PretrainConfig()).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, tuple):
+            train.add_argument(f"--{name.replace('_', '-')}", type=_int_tuple, default=value, help="comma-separated, e.g. 32,64,64")
+        elif isinstance(value, bool):
+            train.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
+        else:
             train.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda...")
     train.add_argument(
         "--corpus-root", type=Path, default=Path("/"), help="where the corpus's Debian packages are installed or extracted (default: /)"
     )
+    look = sub.add_parser("snapshot", help="save the EMA weights of a run's latest checkpoint as a pipeline")
+    look.add_argument("--work", type=Path, default=Path("outputs/tiny_pretrain"), help="the run's checkpoints")
+    look.add_argument("--out", type=Path, required=True, help="where the pipeline is saved")
     args = parser.parse_args(argv)
+    if args.command == "snapshot":
+        snapshot(args.work, args.out)
+        return
     overrides = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__}
     pretrain(args.out, args.work, PretrainConfig(**overrides), device=args.device, corpus_root=args.corpus_root)
-    print("next: python -m stylekit.tiny_card --model", args.out)
-
-
-if __name__ == "__main__":
-    main()
+    print("next: python -m stylekit.tiny.card --model", args.out)

@@ -1,7 +1,7 @@
 """Measure the tiny model on held-out data and write its model card.
 
-    python -m stylekit.tiny_card                 # the package's tiny_model
-    python -m stylekit.tiny_card --model DIR     # a model that `python -m stylekit.tiny train --out DIR` made
+    python -m stylekit.tiny.card                 # the package's tiny model
+    python -m stylekit.tiny.card --model DIR     # a model that `python -m stylekit.tiny train --out DIR` made
 
 Figures (all on data never used in training): autoencoder PSNR on the
 held-out photos; UNet denoising loss with the right captions against
@@ -23,12 +23,12 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from . import synth, tiny_corpus
-from .data import center_square, load_photos
-from .models import as_task, cpu_name, load_pipeline, tokenize
-from .plots import image_grid
-from .profiles import PROFILES
-from .tiny import TINY_MODEL_DIR, PretrainConfig, to_model_range, training_scheduler
+from . import corpus, synth
+from ..data import center_square, load_photos
+from ..models import as_task, cpu_name, load_pipeline, tiny_model_dir, tokenize
+from ..plots import image_grid
+from ..profiles import PROFILES
+from .pretrain import PretrainConfig, to_model_range, training_scheduler
 
 __all__ = ["measure", "write_model_card"]
 
@@ -73,6 +73,57 @@ def denoising_loss(pipe, images: list[Image.Image], captions: list[str], draws: 
     return float(np.mean(losses))
 
 
+def _third_colours(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Mean RGB of the top and of the bottom third of ``image`` (0-1)."""
+    array = _as_array(image)
+    third = array.shape[0] // 3
+    return array[:third].mean(axis=(0, 1)), array[-third:].mean(axis=(0, 1))
+
+
+def scene_colours(count: int = 400, size: int = 64) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each sky's mean top-third colour and each ground's mean bottom-third colour, as held-out demo scenes draw them."""
+    skies: dict[str, list] = {name: [] for name in synth.SKIES}
+    grounds: dict[str, list] = {name: [] for name in synth.GROUNDS}
+    for scene in synth.make_scenes(count, size, seed=HELD_OUT_SCENE_SEED):
+        top, bottom = _third_colours(scene.image)
+        skies[next(name for name in synth.SKIES if f"under {name}" in scene.caption)].append(top)
+        grounds[next(name for name in synth.GROUNDS if f"on {name} under" in scene.caption)].append(bottom)
+    return {k: np.mean(v, axis=0) for k, v in skies.items()}, {k: np.mean(v, axis=0) for k, v in grounds.items()}
+
+
+def _nearest(colour: np.ndarray, references: dict[str, np.ndarray]) -> str:
+    return min(references, key=lambda name: float(np.sum((references[name] - colour) ** 2)))
+
+
+def caption_following(pipe, seeds: tuple[int, ...] = (0, 1)) -> tuple[dict, list[Image.Image]]:
+    """How often text-to-image draws the sky and the ground a caption names.
+
+    For every sky and ground of the demo scenes, "a landscape on GROUND under SKY" is drawn with each seed;
+    a picture counts for the sky when its top third is nearest in colour to the named sky (as the scenes
+    draw it) among the four, and for the ground likewise with its bottom third. Chance is 25 %.
+    Returns the accuracies and the pictures (sky-major, then ground, then seed).
+    """
+    defaults = PROFILES["tiny"].inference
+    sky_colours, ground_colours = scene_colours(size=pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    txt2img = as_task(pipe, "txt2img")
+    pictures, sky_hits, ground_hits = [], [], []
+    for sky in synth.SKIES:
+        for ground in synth.GROUNDS:
+            for seed in seeds:
+                picture = txt2img(
+                    f"a landscape on {ground} under {sky}",
+                    num_inference_steps=defaults.steps,
+                    guidance_scale=defaults.guidance,
+                    generator=torch.Generator().manual_seed(seed),
+                ).images[0]
+                top, bottom = _third_colours(picture)
+                sky_hits.append(_nearest(top, sky_colours) == sky)
+                ground_hits.append(_nearest(bottom, ground_colours) == ground)
+                pictures.append(picture)
+    scores = {"sky_accuracy": round(float(np.mean(sky_hits)), 3), "ground_accuracy": round(float(np.mean(ground_hits)), 3)}
+    return {**scores, "pictures": len(pictures), "guidance": defaults.guidance, "steps": defaults.steps}, pictures
+
+
 def measure(model_dir: Path, corpus_root: Path = Path("/")) -> tuple[dict, dict[str, list[Image.Image]]]:
     """All model-card figures, plus the images behind them (``corpus_root``: where the corpus's packages are)."""
     size = PretrainConfig().resolution
@@ -85,7 +136,7 @@ def measure(model_dir: Path, corpus_root: Path = Path("/")) -> tuple[dict, dict[
     originals = [center_square(p.image, size) for p in photos]
     recons = [reconstruct(pipe, im) for im in originals]
     psnrs = [psnr(_as_array(a), _as_array(b)) for a, b in zip(originals, recons)]
-    unseen = [center_square(entry.image, size) for entry in tiny_corpus.load_corpus("unseen", corpus_root)]
+    unseen = [center_square(entry.image, size) for entry in corpus.load_corpus("unseen", corpus_root)]
     unseen_psnrs = [psnr(_as_array(image), _as_array(reconstruct(pipe, image))) for image in unseen]
 
     scenes = synth.make_scenes(32, size, seed=HELD_OUT_SCENE_SEED)
@@ -125,6 +176,9 @@ def measure(model_dir: Path, corpus_root: Path = Path("/")) -> tuple[dict, dict[
         "img2img_settings": {"steps": defaults.steps, "strength": 0.5, "guidance": defaults.guidance},
         "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     }
+    following, scene_pictures = caption_following(pipe)
+    figures["text_to_image_sky_accuracy"] = following["sky_accuracy"]
+    figures["text_to_image_ground_accuracy"] = following["ground_accuracy"]
     txt2img = as_task(pipe, "txt2img")
     samples = [
         [
@@ -136,6 +190,7 @@ def measure(model_dir: Path, corpus_root: Path = Path("/")) -> tuple[dict, dict[
         for prompt in PROMPTS
     ]
     images = {"originals": originals, "reconstructions": recons, "img2img": stylized, "samples": [im for row in samples for im in row]}
+    images["scenes"] = scene_pictures
     return figures, images
 
 
@@ -153,6 +208,13 @@ def write_model_card(model_dir: Path, corpus_root: Path = Path("/")) -> dict:
     samples = images["samples"]
     sample_grid = image_grid([samples[i : i + 4] for i in range(0, len(samples), 4)], row_labels=[p[:28] + "..." for p in PROMPTS])
     sample_grid.savefig(model_dir / "samples.png", dpi=80, bbox_inches="tight")
+    per_sky = len(images["scenes"]) // len(synth.SKIES)
+    scene_grid = image_grid(
+        [images["scenes"][i : i + per_sky] for i in range(0, len(images["scenes"]), per_sky)],
+        row_labels=[sky.removeprefix("a ") for sky in synth.SKIES],
+        col_labels=[ground for ground in synth.GROUNDS for _ in range(per_sky // len(synth.GROUNDS))],
+    )
+    scene_grid.savefig(model_dir / "scenes.png", dpi=80, bbox_inches="tight")
     training = json.loads((model_dir / "training.json").read_text())
     (model_dir / "README.md").write_text(_card_text(figures, training))
     return figures
@@ -174,13 +236,13 @@ on photos, digital artwork, generic artistic renderings and procedural scenes (b
 - Parameters: UNet {params["unet"]:,}, autoencoder {params["vae"]:,}, text encoder {params["text_encoder"]:,} (stored in fp16).
 - Tokenizer: byte-level BPE in CLIP's format, trained on the captions (at most {config["vocab_size"]} tokens), {config["max_tokens"]} tokens per prompt.
 - Training: autoencoder {config["vae_steps"]} steps (batch {config["vae_batch"]}, {config["vae_crop"]} px crops), then UNet and text encoder
-  {config["unet_steps"]} steps (batch {config["unet_batch"]}, caption dropout {config["caption_dropout"]} for guidance); seed {config["seed"]}; data hash `{training["data_hash"]}`.
-  Final losses: autoencoder {training["final_vae_loss"]:.4f}, UNet {training["final_unet_loss"]:.4f}.
+  {config["unet_steps"]} steps (batch {config["unet_batch"]}, caption dropout {config["caption_dropout"]} for guidance{_recipe_text(config)}); seed {config["seed"]}; data hash `{training["data_hash"]}`.
+  Final losses: autoencoder {_loss_text(training.get("final_vae_loss"))}, UNet {_loss_text(training.get("final_unet_loss"))}.
 
 {_corpus_text(training)}
 ## Figures on held-out data
 
-Measured by `python -m stylekit.tiny_card` ({f["machine"]}).
+Measured by `python -m stylekit.tiny.card` ({f["machine"]}).
 
 | measure | value |
 | --- | --- |
@@ -189,6 +251,7 @@ Measured by `python -m stylekit.tiny_card` ({f["machine"]}).
 | UNet denoising loss, held-out scenes, right captions | {f["denoising_loss_held_out_scenes_right_captions"]} |
 | UNet denoising loss, held-out scenes, shuffled captions | {f["denoising_loss_held_out_scenes_shuffled_captions"]} |
 | UNet denoising loss, held-out scenes, empty captions | {f["denoising_loss_held_out_scenes_empty_captions"]} |
+| text-to-image, "a landscape on GROUND under SKY" for the 4 x 4 demo skies and grounds, 2 seeds: top third nearest the named sky's colour / bottom third nearest the named ground's (chance 0.25) | {f.get("text_to_image_sky_accuracy", "not measured")} / {f.get("text_to_image_ground_accuracy", "not measured")} |
 | UNet denoising loss, held-out photos, right / swapped captions | {f["denoising_loss_held_out_photos_right_captions"]} / {f["denoising_loss_held_out_photos_swapped_captions"]} |
 | img2img at strength 0.5: SSIM to the held-out photo | {f["img2img_strength_0.5_ssim_mean"]} ({", ".join(f"{k}: {v}" for k, v in f["img2img_strength_0.5_ssim_held_out_photos"].items())}) |
 | load time (`load_pipeline`) | {f["load_seconds"]} s |
@@ -201,6 +264,8 @@ Lower denoising loss with the right captions than with shuffled or empty ones me
 ## What it can and cannot do
 
 ![four seeds for each of four prompts](samples.png)
+
+![a landscape on each demo ground (columns, two seeds each) under each demo sky (rows)](scenes.png)
 
 It draws the coarse layout of the procedural scenes (sky colour, ground, water, sun or moon) from a
 caption and keeps a photo's composition through img2img. It cannot draw recognisable objects from
@@ -220,12 +285,30 @@ GPL-2+, LGPL-3, CC-BY-4.0, CC-BY-SA-3.0/4.0, CC0). The images themselves do not 
 """
 
 
+def _loss_text(loss: float | None) -> str:
+    return "not trained in this run" if loss is None else f"{loss:.4f}"
+
+
+def _recipe_text(config: dict) -> str:
+    """The pretraining choices a run recorded beyond the basics (older runs recorded none)."""
+    parts = []
+    if config.get("ema_max_decay"):
+        parts.append(f"EMA of the weights up to decay {config['ema_max_decay']}")
+    if config.get("snr_gamma"):
+        parts.append(f"min-SNR weighting, gamma {config['snr_gamma']:g}")
+    if config.get("pooled_text"):
+        parts.append("the pooled caption added to the time embedding")
+    if config.get("vae_from"):
+        parts.append("the autoencoder of an earlier run, kept as it was")
+    return "".join(f"; {part}" for part in parts)
+
+
 def _corpus_text(training: dict) -> str:
     """The training-data section: sources, licences and counts."""
     config = training["config"]
     used = set(training.get("corpus_used", []))
-    entries = [entry for entry in tiny_corpus.read_manifest() if entry.path in used]
-    unseen = sum(entry.split == "unseen" for entry in tiny_corpus.read_manifest())
+    entries = [entry for entry in corpus.read_manifest() if entry.path in used]
+    unseen = sum(entry.split == "unseen" for entry in corpus.read_manifest())
     packages: dict[str, Counter] = {}
     for entry in entries:
         packages.setdefault(entry.package, Counter())[entry.kind] += 1
@@ -241,8 +324,8 @@ def _corpus_text(training: dict) -> str:
 | shipped photos, `train` split (`data/photos`, `data/LICENSES.md`) | {len(training["photos_used"])} | {config["crops_per_photo"]} random crops each |
 | Debian wallpaper packages: photos | {sum(k["photo"] for k in packages.values())} | {config.get("crops_per_corpus_photo", 0)} random crops each |
 | Debian wallpaper packages: digital artwork | {sum(k["artwork"] for k in packages.values())} | {config.get("crops_per_artwork", 0)} random crops each |
-| generic artistic renderings of photo crops and scenes | {len(tiny_corpus.MEDIA)} media | {config.get("rendering_count", 0)} |
-| procedural scenes (`stylekit.synth`) | - | {config["scene_count"]} |
+| generic artistic renderings of photo crops and scenes | {len(corpus.MEDIA)} media | {config.get("rendering_count", 0)} |
+| procedural scenes (`stylekit.tiny.synth`) | - | {config["scene_count"]} |
 
 In all {training["images"]:,} images: {kinds.get("photo", "-")} photo crops, {kinds.get("art", "-")} artwork crops and renderings,
 {kinds.get("scene", "-")} scenes. An autoencoder batch is half photos, a quarter art, a quarter scenes.
@@ -251,8 +334,8 @@ In all {training["images"]:,} images: {kinds.get("photo", "-")} photo crops, {ki
 | --- | --- | --- | --- |
 {rows}
 
-The renderings ({", ".join(tiny_corpus.MEDIA)}) are randomised operators in
-`stylekit.tiny_corpus`, captioned "<medium> of <subject>". None of them is one of the five demo
+The renderings ({", ".join(corpus.MEDIA)}) are randomised operators in
+`stylekit.tiny.corpus`, captioned "<medium> of <subject>". None of them is one of the five demo
 styles, which the base never sees: only the adapters learn those. {unseen} corpus photos are kept out
 of training (`split: unseen`) to check the course on photos nothing was trained on.
 """
@@ -260,10 +343,10 @@ of training (`split: unseen`) to check the course on photos nothing was trained 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m stylekit.tiny_card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m stylekit.tiny.card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", type=Path, default=TINY_MODEL_DIR, help="the model folder to measure (default: the package's tiny_model)"
+        "--model", type=Path, default=tiny_model_dir(), help="the model folder to measure (default: the package's tiny model)"
     )
     parser.add_argument("--corpus-root", type=Path, default=Path("/"), help="where the corpus's Debian packages are (default: /)")
     args = parser.parse_args(argv)
