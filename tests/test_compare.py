@@ -44,6 +44,7 @@ def test_unknown_kind_or_style_is_refused():
         compare_kinds(ComparisonConfig(style="my_style"))
 
 
+@pytest.mark.slow  # trains two kinds in their own processes
 def test_training_progress_of_each_kind_is_shown_as_it_runs(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
     compare_kinds(ComparisonConfig(style="anime", kinds=("lora",), steps=2, strengths=(1.0,)), progress=True)

@@ -108,6 +108,7 @@ def _copy_of_the_project(tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow  # pip-installs the project into a fresh environment
 def test_setup_cell_installs_stylekit_into_the_running_kernel(tmp_path, monkeypatch):
     # what a learner does in Colab: a kernel without stylekit, the setup cell given where the project is, then the course
     python = _fresh_environment(tmp_path)

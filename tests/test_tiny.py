@@ -84,45 +84,11 @@ def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path, smoke):
     assert all(record["images_per_kind"][kind] > 0 for kind in ("photo", "scene", "art"))
 
 
-def test_resume_refuses_a_different_run(tmp_path, smoke):
-    first = _train(tmp_path / "out", tmp_path / "work", smoke)
-    assert first.wait(timeout=600) == 0
-    cmd = [
-        sys.executable,
-        "-m",
-        "stylekit.tiny",
-        "train",
-        "--out",
-        str(tmp_path / "out"),
-        "--work",
-        str(tmp_path / "work"),
-        *smoke,
-        "--seed",
-        "3",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode != 0 and "other settings or data" in result.stderr
-
-
-def test_tokenizer_is_deterministic():
-    captions = ["two trees on green hills under a blue sky", "a red house and a tree on sand dunes", "a photo of a rocket launch"] * 3
-    first, second = build_tokenizer(captions, 700, 32), build_tokenizer(captions, 700, 32)
-    assert first.get_vocab() == second.get_vocab()
-
-
-def test_the_model_card_has_its_own_command_and_pretraining_does_not_import_it():
-    probe = "import sys, stylekit.tiny.pretrain; print('stylekit.tiny.card' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
-    from stylekit.tiny import card
-
-    assert card.main.__module__ == "stylekit.tiny.card"
-    with pytest.raises(SystemExit):
-        card.main(["--help"])
-
-
-def test_a_run_extends_and_its_snapshot_is_the_ema_weights(tmp_path, smoke):
+def test_a_run_extends_refuses_other_settings_and_its_snapshot_is_the_ema_weights(tmp_path, smoke):
     first = _train(tmp_path / "out", tmp_path / "work", smoke)
     assert first.wait(timeout=600) == 0, first.stderr.read()
+    other = _train(tmp_path / "out", tmp_path / "work", [*smoke, "--seed", "3"])
+    assert other.wait(timeout=600) != 0 and "other settings or data" in other.stderr.read()
     snapshot = [sys.executable, "-m", "stylekit.tiny", "snapshot", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "look")]
     subprocess.run(snapshot, check=True, capture_output=True, timeout=600)
     finished, looked = _unet_weights(tmp_path / "out"), _unet_weights(tmp_path / "look")
@@ -148,3 +114,19 @@ def test_pooled_text_conditions_every_block():
     unet = build_unet(PretrainConfig(pooled_text=True))
     assert unet.config.addition_embed_type == "text" and unet.add_embedding is not None
     assert build_unet(PretrainConfig()).config.addition_embed_type is None
+
+
+def test_caption_following_reads_the_demo_scenes_right_and_measures_text_to_image():
+    from stylekit.models import load_pipeline
+    from stylekit.tiny import synth
+    from stylekit.tiny.card import _nearest, _third_colours, caption_following, scene_colours
+
+    skies, grounds = scene_colours(count=200)
+    scenes = synth.make_scenes(100, 64, seed=5)  # not the scenes the references come from
+    right_sky = [_nearest(_third_colours(s.image)[0], skies) in s.caption for s in scenes]
+    right_ground = [_nearest(_third_colours(s.image)[1], grounds) in s.caption for s in scenes]
+    assert np.mean(right_sky) > 0.9 and np.mean(right_ground) > 0.6  # the measure reads real scenes as captioned
+
+    scores, pictures = caption_following(load_pipeline("tiny", device="cpu"), seeds=(0,))
+    assert len(pictures) == scores["pictures"] == len(synth.SKIES) * len(synth.GROUNDS)
+    assert 0 <= scores["sky_accuracy"] <= 1 and 0 <= scores["ground_accuracy"] <= 1

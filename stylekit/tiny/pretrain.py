@@ -421,6 +421,7 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     started = time.time()
+    _check_same_run(work, config)
     pixels, captions, kinds = training_pool(config, corpus_root)
     digest = data_hash(pixels, captions)
     _check_same_run(work, config, digest)
@@ -476,7 +477,9 @@ def snapshot(work: Path, out: Path) -> StableDiffusionPipeline:
     if config.vae_from:
         vae.load_state_dict(AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", torch_dtype=torch.float32).state_dict())
     else:
-        vae.load_state_dict({k[len("vae.") :]: v for k, v in load_checkpoint(work / "vae_state.safetensors")[0].items() if k.startswith("vae.")})
+        vae.load_state_dict(
+            {k[len("vae.") :]: v for k, v in load_checkpoint(work / "vae_state.safetensors")[0].items() if k.startswith("vae.")}
+        )
     unet, text_encoder = build_unet(config), build_text_encoder(config, len(tokenizer))
     tensors, state = load_checkpoint(work / "unet_state.safetensors")
     for name, module in (("ema_unet.", unet), ("ema_text_encoder.", text_encoder)):
@@ -509,17 +512,18 @@ def _run_tokenizer(work: Path, captions: list[str], config: PretrainConfig) -> C
     return tokenizer
 
 
-def _check_same_run(work: Path, config: PretrainConfig, digest: str) -> None:
-    """Refuse to resume checkpoints made with other settings or data."""
+def _check_same_run(work: Path, config: PretrainConfig, digest: str | None = None) -> None:
+    """Refuse to resume checkpoints made with other settings (checked before the data is built) or other data
+    (``digest``, checked once it is; the first run writes the stamp then)."""
     stamp = work / "run.json"
-    current = {"config": {**asdict(config), "unet_steps": None}, "data_hash": digest}  # a run may be extended
+    current = json.loads(json.dumps({"config": {**asdict(config), "unet_steps": None}, "data_hash": digest}))  # a run may be extended
     if stamp.exists():
         previous = json.loads(stamp.read_text())
         defaults = json.loads(json.dumps(asdict(PretrainConfig())))
         previous["config"] = {**defaults, **previous["config"]}  # settings added since the run began keep their defaults
-        if json.loads(json.dumps(current)) != previous:
+        if current["config"] != previous["config"] or digest not in (None, previous["data_hash"]):
             raise RuntimeError(f"{work} holds checkpoints of a run with other settings or data; pass a fresh --work folder or delete it")
-    else:
+    elif digest is not None:
         stamp.write_text(json.dumps(current, indent=2))
 
 
