@@ -91,8 +91,9 @@ def test_style_scores_against_the_exact_target(reference, held_out):
     for style in STYLES:
         for photo in held_out:
             target = apply_style(style, photo)
-            exact = metrics.style_scores(target, style, reference.images[style], reference.classifier, target)
-            plain = metrics.style_scores(photo, style, reference.images[style], reference.classifier, target)
+            grams = reference.mean_grams(style)
+            exact = metrics.style_scores(target, style, reference.images[style], reference.classifier, target, reference_grams=grams)
+            plain = metrics.style_scores(photo, style, reference.images[style], reference.classifier, target, reference_grams=grams)
             assert exact["target_ssim"] == pytest.approx(1.0) and exact["target_gram"] == pytest.approx(0.0, abs=1e-6)
             assert plain["target_ssim"] < 1.0 and plain["target_gram"] > 0.0
             own.append(exact["style_probability"])

@@ -85,18 +85,18 @@ def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path, smoke):
 
 
 def test_a_run_extends_refuses_other_settings_and_its_snapshot_is_the_ema_weights(tmp_path, smoke):
-    first = _train(tmp_path / "out", tmp_path / "work", smoke)
-    assert first.wait(timeout=600) == 0, first.stderr.read()
-    other = _train(tmp_path / "out", tmp_path / "work", [*smoke, "--seed", "3"])
-    assert other.wait(timeout=600) != 0 and "other settings or data" in other.stderr.read()
-    snapshot = [sys.executable, "-m", "stylekit.tiny", "snapshot", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "look")]
-    subprocess.run(snapshot, check=True, capture_output=True, timeout=600)
+    from stylekit.tiny.pretrain import main
+
+    out, work = ["--out", str(tmp_path / "out")], ["--work", str(tmp_path / "work")]
+    main(["train", *out, *work, *smoke])  # in this process: the fast tier pays torch's import once
+    with pytest.raises(RuntimeError, match="other settings or data"):
+        main(["train", *out, *work, *smoke, "--seed", "3"])
+    main(["snapshot", *work, "--out", str(tmp_path / "look")])
     finished, looked = _unet_weights(tmp_path / "out"), _unet_weights(tmp_path / "look")
     assert finished.keys() == looked.keys() and all(np.array_equal(finished[k].numpy(), looked[k].numpy()) for k in finished)
 
     longer = [*smoke[: smoke.index("--unet-steps") + 1], "45", *smoke[smoke.index("--unet-steps") + 2 :]]
-    extended = _train(tmp_path / "out", tmp_path / "work", longer)
-    assert extended.wait(timeout=600) == 0, extended.stderr.read()  # more steps is the same run, continued
+    main(["train", *out, *work, *longer])  # more steps is the same run, continued
     _, state = load_checkpoint(tmp_path / "work" / "unet_state.safetensors")
     assert state["step"] == 45 and len(state["losses"]) == 45
 

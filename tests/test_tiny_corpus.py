@@ -44,6 +44,7 @@ def test_corpus_images_load_shrunk_and_a_broken_one_is_named(fake_corpus_root, t
 
 
 @pytest.mark.skipif(not (PACKAGED_ROOT / read_manifest()[0].path.lstrip("/")).exists(), reason="corpus packages not installed")
+@pytest.mark.slow
 def test_the_installed_packages_hold_every_listed_image():
     photos = load_corpus("train", PACKAGED_ROOT) + load_corpus("unseen", PACKAGED_ROOT)
     assert all(min(entry.image.size) == LOADED_SHORT_SIDE for entry in photos)

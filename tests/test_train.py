@@ -41,7 +41,7 @@ def _adapter_tensors(folder, name):
     return load_file(str(folder / f"{name}.safetensors"))
 
 
-@pytest.mark.parametrize("kind", ["lora", "loha"])
+@pytest.mark.parametrize("kind", ["lora", pytest.param("loha", marks=pytest.mark.slow)])
 def test_validation_images_leave_training_as_it_was(anime_set, outputs, kind):
     settings = dict(name="anime", dataset=str(anime_set), steps=4, kind=kind)
     plain = train_adapter(TrainConfig(output_dir=str(outputs / "plain"), **settings), progress=False)

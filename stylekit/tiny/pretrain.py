@@ -274,11 +274,15 @@ def _resume_stage(path: Path, modules: dict[str, torch.nn.Module], optimizer) ->
         return 0, []
     tensors, state = load_checkpoint(path)
     for name, module in modules.items():
-        prefix = name + "."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        _load_prefixed(module, tensors, name + ".")
     restore_optimizer(optimizer, tensors, state["optimizer"])
     restore_rng(tensors, state["rng"])
     return state["step"], state["losses"]
+
+
+def _load_prefixed(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    """Load the tensors of a checkpoint whose names start with ``prefix`` (one module among several) into ``module``."""
+    module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 def _mixed_batch(kinds: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -477,13 +481,11 @@ def snapshot(work: Path, out: Path) -> StableDiffusionPipeline:
     if config.vae_from:
         vae.load_state_dict(AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", torch_dtype=torch.float32).state_dict())
     else:
-        vae.load_state_dict(
-            {k[len("vae.") :]: v for k, v in load_checkpoint(work / "vae_state.safetensors")[0].items() if k.startswith("vae.")}
-        )
+        _load_prefixed(vae, load_checkpoint(work / "vae_state.safetensors")[0], "vae.")
     unet, text_encoder = build_unet(config), build_text_encoder(config, len(tokenizer))
     tensors, state = load_checkpoint(work / "unet_state.safetensors")
-    for name, module in (("ema_unet.", unet), ("ema_text_encoder.", text_encoder)):
-        module.load_state_dict({k[len(name) :]: v for k, v in tensors.items() if k.startswith(name)})
+    _load_prefixed(unet, tensors, "ema_unet.")
+    _load_prefixed(text_encoder, tensors, "ema_text_encoder.")
     pipe = assemble_pipeline(vae.eval(), unet.eval(), text_encoder.eval(), tokenizer)
     _save_fp16(pipe, out)
     record = {"config": {**run["config"], "unet_steps": state["step"]}, "data_hash": run["data_hash"], "snapshot_of": str(work)}
