@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-__all__ = ["Table", "channel_images", "image_grid", "line_chart", "loss_curve", "pixels_to_image", "show"]
+__all__ = ["Table", "channel_images", "image_grid", "line_chart", "loss_curve", "pixels_to_image", "say", "show"]
 
 
 MIN_TILE_PIXELS = 180  # every image in a grid is drawn at least this many pixels high
@@ -125,6 +125,13 @@ def show(fig, format: str = "jpeg", quality: int = 70) -> None:
     fig.savefig(buffer, format=format, dpi=fig.dpi, bbox_inches="tight", **options)
     plt.close(fig)
     display(InlineImage(buffer.getvalue()))
+
+
+def say(text: str) -> None:
+    """Display ``text`` as Markdown: prose whose numbers a cell computes, so that a re-run cannot leave them stale."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
 
 
 class Table:
