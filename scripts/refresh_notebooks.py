@@ -5,17 +5,23 @@
 
 papermill's own bookkeeping (durations, timestamps) is removed so a refresh changes only what a reader sees, and so is
 the saved widget state of a notebook whose outputs show no widget (what earlier runs' widget progress bars left behind).
+Each notebook's wall time goes to notebooks/timings.json with the CPU: the headers' "**Time**" lines are tested against it.
+Refresh all of them with an empty STYLEKIT_OUTPUTS folder to time what a first run costs (02 skips styles it finds trained).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import papermill
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+TIMINGS = NOTEBOOKS / "timings.json"
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -37,10 +43,21 @@ def tidy(path: Path) -> None:
     nbformat.write(notebook, path)
 
 
+def record_time(notebook: Path, seconds: float) -> None:
+    """Keep the notebook's wall time, with the machine and whether it ran on an empty outputs folder."""
+    from stylekit.models import cpu_name
+
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    timings[notebook.stem] = {"seconds": round(seconds, 1), "cpu": cpu_name(), "cores": os.cpu_count()}
+    TIMINGS.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+
+
 def refresh(notebook: Path) -> None:
+    started = time.perf_counter()
     papermill.execute_notebook(str(notebook), str(notebook), cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+    record_time(notebook, time.perf_counter() - started)
     tidy(notebook)
-    print(f"refreshed {notebook.name}", flush=True)
+    print(f"refreshed {notebook.name} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

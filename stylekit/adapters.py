@@ -595,12 +595,27 @@ def _lycoris_layer(name: str, tensors: dict[str, torch.Tensor], target: torch.nn
             weight_decompose=True,
             wd_on_out=per_output,
         )
+        _strength_as_automatic1111(layer)
     else:
         layer = make_module(*get_module(tensors, name), name, target)
     if layer is None:
         raise RuntimeError("not a LyCORIS layer kind this lycoris version builds")
     layer.load_state_dict(own, strict=True)
     return layer
+
+
+def _strength_as_automatic1111(layer) -> None:
+    """Scale a DoRA layer's change as AUTOMATIC1111 does: ``W + m (W' - W)``, with ``W'`` the decomposed weight at full
+    strength. LyCORIS scales the magnitude instead, ``(W + dW)(m (s - 1) + 1)``, which keeps the whole low-rank
+    update ``dW`` at a small multiplier, so its style strength would not start from the base model."""
+    decompose = layer.apply_weight_decompose
+
+    def scaled(weight: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
+        full = decompose(weight, 1.0)
+        base = layer._current_weight().to(full)
+        return base + multiplier * (full - base)
+
+    layer.apply_weight_decompose = scaled
 
 
 def _load_lycoris(pipe, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], adapter_name: str) -> None:

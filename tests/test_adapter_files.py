@@ -260,6 +260,8 @@ def test_dora_file_is_applied_by_automatic1111_and_comfyui_as_stylekit_applies_i
             half = module(x)
         set_adapter_weights(pipe, {"dora": 1.0})
         assert (half - ours).abs().max() > 0  # the multiplier reaches DoRA layers
+        theirs = _with_weight(module, x, _a1111_dora(weight, up, down, alpha, scale, multiplier=0.5))
+        assert (theirs - half).norm() / half.norm() < 0.02  # half strength as AUTOMATIC1111 applies it
     assert max(moved) > 1e-4, "training moved the magnitudes, so the axis matters"
 
 
