@@ -12,7 +12,6 @@ Refresh all of them with an empty STYLEKIT_OUTPUTS folder to time what a first r
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -44,11 +43,11 @@ def tidy(path: Path) -> None:
 
 
 def record_time(notebook: Path, seconds: float) -> None:
-    """Keep the notebook's wall time, with the machine and whether it ran on an empty outputs folder."""
+    """Keep the notebook's wall time and the machine it ran on."""
     from stylekit.models import cpu_name
 
     timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    timings[notebook.stem] = {"seconds": round(seconds, 1), "cpu": cpu_name(), "cores": os.cpu_count()}
+    timings[notebook.stem] = {"seconds": round(seconds, 1), "cpu": cpu_name()}
     TIMINGS.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
 
 

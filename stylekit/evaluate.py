@@ -54,6 +54,7 @@ __all__ = ["EvalConfig", "Evaluation", "System", "evaluate"]
 STYLE_SCORE = "style_probability"  # the headline style-consistency score (higher is better)
 CONTENT_SCORE = "ssim"  # the headline content score (higher keeps more of the photo)
 MARGIN = 0.01  # an adapter "beats" the baseline when its style probability is higher by more than this
+GRAM_TIE = 0.01  # Gram distances within this share of the baseline's are a tie
 SHOWN = ("style_probability", "target_gain", "gram_distance", "target_ssim", "ssim", "psnr", "edge_f1", "clip", "dino")
 # reference rows: what no method, a blur, the autoencoder and the truth score, and the truth through the autoencoder
 REFERENCES = ("photo", "blurred", "autoencoder", "target", "autoencoded_target")
@@ -284,8 +285,11 @@ def _disagreements(adapter: dict, base: dict) -> str:
     said = []
     if adapter["beats_baseline"] and adapter[STYLE_SCORE] < 0.5:
         said.append("The judge still finds the style unlikely in both (below 0.5).")
-    if adapter["beats_baseline"] != (adapter["gram_distance"] < base["gram_distance"]):
-        closer = "closer to" if adapter["gram_distance"] < base["gram_distance"] else "no closer to"
+    gap = (base["gram_distance"] - adapter["gram_distance"]) / base["gram_distance"]  # > 0: the adapter is closer
+    if abs(gap) < GRAM_TIE:
+        said.append(f"The Gram distance cannot tell the two apart (within {GRAM_TIE:.0%}).")
+    elif adapter["beats_baseline"] != (gap > 0):
+        closer = "closer to" if gap > 0 else "no closer to"
         said.append(f"The Gram distance disagrees: it finds the adapter {closer} the style set than the base model.")
     if adapter["beats_baseline"] and adapter.get("target_gain", 0.0) < 0:
         said.append(f"It moved the photo away from the exact target (target gain {adapter['target_gain']:+.2f}).")

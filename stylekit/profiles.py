@@ -40,7 +40,7 @@ class InferenceDefaults:
     steps: int = 20  # denoising steps of the full schedule (img2img runs the last part)
     guidance: float = 5.0  # classifier-free guidance scale
     style_strength: float = 1.0  # multiplier of the style adapter
-    content_strength: float = 0.5  # 1 keeps the photo unchanged, 0 ignores it
+    content_strength: float = 0.5  # 1 keeps the photo unchanged; img2img at 0 ignores it
     method: str = "img2img"  # how the photo is carried into the result: "img2img" or "inversion" (see stylize.METHODS)
 
 

@@ -6,9 +6,10 @@
     save_with_recipe(image, recipe, "out.png")     # the recipe travels inside the PNG
     reproduce("out.png", "again.png")              # pixel-identical on the same machine
 
-*Style strength* multiplies the style adapter(s); *content strength* is how
-much of the photo survives (the inverse of img2img's denoising strength: 1
-keeps the photo, 0 ignores it). Each adapter is loaded once; changing style,
+*Style strength* multiplies the style adapter(s); *content strength* sets how
+many of the last denoising steps run (1 minus img2img's denoising strength): with
+img2img 1 keeps the photo and 0 ignores it; with inversion every replayed step is
+led back to the photo, so its layout survives at any content strength. Each adapter is loaded once; changing style,
 blend or strength never reloads anything.
 """
 
@@ -246,7 +247,7 @@ class Stylizer:
         Args:
             style: a style name, or several with blend weights ``{"anime": 0.7, "watercolor": 0.3}``.
             style_strength: multiplier of the adapter(s): 0 is the base model, 1 the trained style (default: the profile's).
-            content_strength: 1 keeps the photo, 0 ignores it (default: the profile's).
+            content_strength: 1 keeps the photo; lower runs more steps with the style (img2img at 0 ignores the photo) (default: the profile's).
             prompt: what the photo shows, appended to the styles' trigger words.
             method: how the photo is carried into the result, one of :data:`METHODS` (default: the profile's).
         """

@@ -97,3 +97,20 @@ def test_unseen_photos_come_from_the_corpus_packages():
     unseen = evaluation_photos("unseen", 64)
     assert len(unseen) == len(UNSEEN) and all(image.size == (64, 64) for image in unseen.values())
     assert not set(unseen) & {p.file_name.rsplit(".", 1)[0] for p in load_photos()}
+
+
+def test_verdicts_say_where_the_style_measures_disagree():
+    from stylekit.evaluate import _disagreements
+
+    base = {"gram_distance": 1.0, "style_probability": 0.05, "target_gain": 0.0}
+    agreeing = {"beats_baseline": True, "gram_distance": 0.8, "style_probability": 0.9, "target_gain": 0.5}
+    assert _disagreements(agreeing, base) == ""
+    tied = {**agreeing, "gram_distance": 0.995}
+    assert "cannot tell the two apart" in _disagreements(tied, base)
+    farther = {**agreeing, "gram_distance": 1.2}
+    assert "disagrees" in _disagreements(farther, base) and "no closer" in _disagreements(farther, base)
+    faint = {**agreeing, "style_probability": 0.07, "target_gain": -0.49}
+    said = _disagreements(faint, base)
+    assert "unlikely in both" in said and "away from the exact target (target gain -0.49)" in said
+    losing = {"beats_baseline": False, "gram_distance": 0.8, "style_probability": 0.01, "target_gain": -0.1}
+    assert "closer to the style set" in _disagreements(losing, base)
