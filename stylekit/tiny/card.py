@@ -73,19 +73,25 @@ def denoising_loss(pipe, images: list[Image.Image], captions: list[str], draws: 
     return float(np.mean(losses))
 
 
-def _third_colours(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Mean RGB of the top and of the bottom third of ``image`` (0-1)."""
+GROUND_BAND = (0.66, 0.76)  # the rows every demo scene fills with its ground: below the lowest horizon, above any water
+
+
+def _sky_and_ground(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The median colour of the top third (the sky, RGB 0-1) and the chromaticity of the median colour of the ground band
+    (:data:`GROUND_BAND`; chromaticity, r, g, b over their sum, so that a ground darkened at night keeps its colour)."""
     array = _as_array(image)
-    third = array.shape[0] // 3
-    return array[:third].mean(axis=(0, 1)), array[-third:].mean(axis=(0, 1))
+    height = array.shape[0]
+    sky = np.median(array[: height // 3].reshape(-1, 3), axis=0)
+    ground = np.median(array[int(height * GROUND_BAND[0]) : int(height * GROUND_BAND[1])].reshape(-1, 3), axis=0)
+    return sky, ground / max(float(ground.sum()), 1e-6)
 
 
 def scene_colours(count: int = 400, size: int = 64) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Each sky's mean top-third colour and each ground's mean bottom-third colour, as held-out demo scenes draw them."""
+    """Each sky's and each ground's mean colour (see :func:`_sky_and_ground`), as held-out demo scenes draw them."""
     skies: dict[str, list] = {name: [] for name in synth.SKIES}
     grounds: dict[str, list] = {name: [] for name in synth.GROUNDS}
     for scene in synth.make_scenes(count, size, seed=HELD_OUT_SCENE_SEED):
-        top, bottom = _third_colours(scene.image)
+        top, bottom = _sky_and_ground(scene.image)
         skies[next(name for name in synth.SKIES if f"under {name}" in scene.caption)].append(top)
         grounds[next(name for name in synth.GROUNDS if f"on {name} under" in scene.caption)].append(bottom)
     return {k: np.mean(v, axis=0) for k, v in skies.items()}, {k: np.mean(v, axis=0) for k, v in grounds.items()}
@@ -100,7 +106,8 @@ def caption_following(pipe, seeds: tuple[int, ...] = (0, 1)) -> tuple[dict, list
 
     For every sky and ground of the demo scenes, "a landscape on GROUND under SKY" is drawn with each seed;
     a picture counts for the sky when its top third is nearest in colour to the named sky (as the scenes
-    draw it) among the four, and for the ground likewise with its bottom third. Chance is 25 %.
+    draw it) among the four, and for the ground likewise with its ground band (:func:`_sky_and_ground`).
+    Chance is 25 %; the measure reads 99-100 % of real demo scenes right.
     Returns the accuracies and the pictures (sky-major, then ground, then seed).
     """
     defaults = PROFILES["tiny"].inference
@@ -116,7 +123,7 @@ def caption_following(pipe, seeds: tuple[int, ...] = (0, 1)) -> tuple[dict, list
                     guidance_scale=defaults.guidance,
                     generator=torch.Generator().manual_seed(seed),
                 ).images[0]
-                top, bottom = _third_colours(picture)
+                top, bottom = _sky_and_ground(picture)
                 sky_hits.append(_nearest(top, sky_colours) == sky)
                 ground_hits.append(_nearest(bottom, ground_colours) == ground)
                 pictures.append(picture)
@@ -251,7 +258,7 @@ Measured by `python -m stylekit.tiny.card` ({f["machine"]}).
 | UNet denoising loss, held-out scenes, right captions | {f["denoising_loss_held_out_scenes_right_captions"]} |
 | UNet denoising loss, held-out scenes, shuffled captions | {f["denoising_loss_held_out_scenes_shuffled_captions"]} |
 | UNet denoising loss, held-out scenes, empty captions | {f["denoising_loss_held_out_scenes_empty_captions"]} |
-| text-to-image, "a landscape on GROUND under SKY" for the 4 x 4 demo skies and grounds, 2 seeds: top third nearest the named sky's colour / bottom third nearest the named ground's (chance 0.25) | {f.get("text_to_image_sky_accuracy", "not measured")} / {f.get("text_to_image_ground_accuracy", "not measured")} |
+| text-to-image, "a landscape on GROUND under SKY" for the 4 x 4 demo skies and grounds, 2 seeds: top third nearest the named sky's colour / the ground band (66-76 % of the height) nearest the named ground's hue (chance 0.25) | {f.get("text_to_image_sky_accuracy", "not measured")} / {f.get("text_to_image_ground_accuracy", "not measured")} |
 | UNet denoising loss, held-out photos, right / swapped captions | {f["denoising_loss_held_out_photos_right_captions"]} / {f["denoising_loss_held_out_photos_swapped_captions"]} |
 | img2img at strength 0.5: SSIM to the held-out photo | {f["img2img_strength_0.5_ssim_mean"]} ({", ".join(f"{k}: {v}" for k, v in f["img2img_strength_0.5_ssim_held_out_photos"].items())}) |
 | load time (`load_pipeline`) | {f["load_seconds"]} s |
