@@ -375,7 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a trained style, or an adapter file or folder (a community LoRA, LoCon, LoHa, LoKr or DoRA .safetensors); repeat to blend",
     )
     stylize.add_argument("--style-strength", type=float, default=1.0, help="adapter multiplier (default 1)")
-    stylize.add_argument("--content-strength", type=float, default=None, help="1 keeps the photo; lower runs more steps with the style, and img2img at 0 ignores the photo (default: the profile's)")
+    stylize.add_argument(
+        "--content-strength",
+        type=float,
+        default=None,
+        help="1 keeps the photo; lower runs more steps with the style, and img2img at 0 ignores the photo (default: the profile's)",
+    )
     stylize.add_argument("--seed", type=int, default=0)
     stylize.add_argument("--steps", type=int, default=None)
     stylize.add_argument("--guidance", type=float, default=None)

@@ -262,7 +262,11 @@ class Evaluation:
     def bar_sentence(self) -> str:
         rows = self.bar()
         missed = [r["style"] for r in rows if not r["meets"]]
-        beyond = [f"{r['style']} ({r['judge_on_autoencoded_target']:.2f})" for r in rows if not r["meets"] and r["judge_on_autoencoded_target"] < BAR["judge"]]
+        beyond = [
+            f"{r['style']} ({r['judge_on_autoencoded_target']:.2f})"
+            for r in rows
+            if not r["meets"] and r["judge_on_autoencoded_target"] < BAR["judge"]
+        ]
         met = len(rows) - len(missed)
         return (
             f"{met} of {len(rows)} styles meet the bar (the goal: at least 4 of 5)."

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
+
+from .data import load_photos
+from .study import wilson_interval
+from .stylize import denoising_steps
+from .tiny.synth import make_scene
 
 __all__ = ["check", "noised_correct", "sepia_correct", "lora_forward_correct", "lora_size_correct", "steps_run_correct", "wilson_correct"]
 
@@ -39,9 +46,6 @@ def noised_correct(noised: Callable, scheduler) -> bool:
 
 def _colourful_photos() -> list[Image.Image]:
     """Test pictures for a colour filter: the held-out photos and a demo scene with a blue sky."""
-    from .data import load_photos
-    from .tiny.synth import make_scene
-
     return [p.image.resize((96, 64)) for p in load_photos(split="held_out")] + [make_scene(3, 64).image]
 
 
@@ -67,20 +71,18 @@ def sepia_correct(sepia: Callable[[Image.Image], Image.Image]) -> bool:
 
 def lora_forward_correct(lora_forward: Callable) -> bool:
     """Notebook 02: ``lora_forward(x, weight, bias, A, B, alpha, rank)`` equals a peft LoRA layer (rank 4, alpha 8)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
     torch.manual_seed(0)
     layer = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["0"]), torch.nn.Sequential(torch.nn.Linear(32, 48)))[0]
     torch.nn.init.normal_(layer.lora_B["default"].weight)  # peft starts B at zero (no change at step 0); give it values to test with
     x = torch.randn(5, 32)
-    mine = lora_forward(x, layer.base_layer.weight, layer.base_layer.bias, layer.lora_A["default"].weight, layer.lora_B["default"].weight, 8, 4)
+    mine = lora_forward(
+        x, layer.base_layer.weight, layer.base_layer.bias, layer.lora_A["default"].weight, layer.lora_B["default"].weight, 8, 4
+    )
     with torch.no_grad():
         return torch.allclose(mine, layer(x), atol=1e-5)
 
 
 def _peft_lora_count(layer: torch.nn.Module, rank: int) -> int:
-    from peft import LoraConfig, inject_adapter_in_model
-
     wrapped = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=["0"]), torch.nn.Sequential(layer))
     return sum(p.numel() for name, p in wrapped.named_parameters() if "lora_" in name)
 
@@ -96,17 +98,11 @@ def lora_size_correct(lora_size: Callable) -> bool:
 
 def steps_run_correct(steps_run: Callable[[int, float], int]) -> bool:
     """Notebook 04: ``steps_run(steps, content)`` counts the steps a stylization runs as the stylizer does."""
-    from types import SimpleNamespace
-
-    from .stylize import denoising_steps
-
     cases = [(20, c / 100) for c in range(0, 101, 5)] + [(50, 0.85), (8, 0.3)]
     return all(steps_run(s, c) == denoising_steps(SimpleNamespace(steps=s, content_strength=c)) for s, c in cases)
 
 
 def wilson_correct(wilson: Callable) -> bool:
     """Notebook 05: ``wilson(wins, total)`` gives the kit's 95 % Wilson score interval."""
-    from .study import wilson_interval
-
     cases = [(9, 12), (0, 5), (5, 5), (30, 50)]
     return all(all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(wilson(w, n), wilson_interval(w, n))) for w, n in cases)

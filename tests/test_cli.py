@@ -1,5 +1,4 @@
 import runpy
-import subprocess
 import sys
 
 import nbformat

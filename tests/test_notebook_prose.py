@@ -22,7 +22,14 @@ TIME_LINE = re.compile(r"\*\*Time\*\*: (about|under) (a|an|\d+(?:\.\d+)?) (secon
 
 def _prose(source: str) -> str:
     """A markdown cell without what is not a claim about results: maths, code, link targets, model and version names."""
-    for pattern in (r"\$\$.*?\$\$", r"\$[^$]*\$", r"`[^`]*`", r"\]\([^)]*\)", r"\b(?:SD|SDXL) ?\d+(?:\.\d+)?", r"compute capability \d+\.\d+"):
+    for pattern in (
+        r"\$\$.*?\$\$",
+        r"\$[^$]*\$",
+        r"`[^`]*`",
+        r"\]\([^)]*\)",
+        r"\b(?:SD|SDXL) ?\d+(?:\.\d+)?",
+        r"compute capability \d+\.\d+",
+    ):
         source = re.sub(pattern, " ", source, flags=re.S)
     return source
 
