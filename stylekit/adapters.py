@@ -202,6 +202,9 @@ def attach_adapter(unet, text_encoder, spec: AdapterSpec) -> None:
         if not network.loras:
             raise ValueError(f"no UNet layer matches the targets {spec.unet_targets()}")
         network.apply_to()
+        for layer in network.loras:
+            if getattr(layer, "wd", False):  # DoRA: strength as in the files stylekit writes and loads
+                _strength_as_automatic1111(layer)
         network.requires_grad_(True)
         unet.add_module(LYCORIS_MODULE, network)
         return

@@ -68,6 +68,11 @@ def test_kind_reloads_identically_and_scales(kind, trained, base_image):
     set_adapter_weights(pipe, {kind: 0.5})
     half = _image(pipe)
     assert np.abs(half - base_image).max() > 1e-4 and np.abs(half - in_memory).max() > 1e-4  # strength in between
+    network = getattr(result.pipeline.unet, adapters.LYCORIS_MODULE, None)
+    if network is not None:  # the network as trained, in memory, at the same strength
+        network.set_multiplier(0.5)
+        np.testing.assert_allclose(_image(result.pipeline), half, atol=1e-5)
+        network.set_multiplier(1.0)
 
 
 def _hooked(pipe) -> list[str]:
