@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from stylekit.tiny import synth
 from stylekit.data import load_photos
@@ -54,7 +54,21 @@ def test_anime_has_flat_colours_and_dark_outlines(photo):
     colours_in = len(np.unique(_array(photo).reshape(-1, 3), axis=0))
     colours_out = len(np.unique(out.reshape(-1, 3), axis=0))
     assert colours_out <= 16 < colours_in
-    assert (out.max(-1) < 0.15).mean() > 0.02  # outline pixels
+    assert (out.max(-1) < 0.15).mean() > 0.01  # outline pixels
+    disc = _array(synth.apply_style("anime", _framed((230, 120, 40), shape="ellipse"))).max(-1)
+    rows, columns = np.mgrid[0:64, 0:64]
+    border = np.abs(np.hypot(rows - 31.5, columns - 31.5) - 24) < 1.5  # 3 pixels wide: a line of one fills a third
+    sector = (np.arctan2(rows - 31.5, columns - 31.5) // (np.pi / 4)).astype(int)
+    dark = disc < 0.15
+    assert all(dark[border & (sector == k)].mean() > 0.2 for k in range(-4, 4))  # a line all around the shape...
+    assert dark[~border].mean() < 0.01  # ...and nowhere else
+
+
+def _framed(fill, size=64, frame=(250, 250, 250), shape="rectangle"):
+    """A flat shape of colour ``fill`` on a plain frame."""
+    image = Image.new("RGB", (size, size), frame)
+    getattr(ImageDraw.Draw(image), shape)([size // 8, size // 8, size - size // 8, size - size // 8], fill=fill)
+    return image
 
 
 def test_pencil_sketch_has_no_colour_and_is_mostly_paper(photo):
@@ -63,26 +77,42 @@ def test_pencil_sketch_has_no_colour_and_is_mostly_paper(photo):
     assert np.median(out) > 0.8
 
 
+def test_pencil_sketch_hatches_the_shadows():
+    """A flat dark area becomes parallel lines: half of it dark, and the pattern repeats every 5 pixels across."""
+    gray = _array(synth.apply_style("pencil_sketch", _framed((70, 70, 70)))).mean(-1)[20:44, 16:48]
+    assert 0.3 < (gray < 0.5).mean() < 0.7
+    shifted = [np.abs(gray[:, k:] - gray[:, :-k]).mean() for k in (1, 2, 5)]
+    assert shifted[2] < 0.2 * min(shifted[:2])
+
+
 def test_watercolor_is_lighter_and_softer(photo):
     before, out = _array(photo), _array(synth.apply_style("watercolor", photo))
     assert out.mean() > before.mean()
     assert _high_frequency(out) < _high_frequency(before)
 
 
-def test_oil_painting_is_richer_and_flattened(photo):
+def test_watercolor_pools_pigment_at_the_rim_and_leaves_paper_white():
+    out = _array(synth.apply_style("watercolor", _framed((60, 110, 200), shape="ellipse"))).mean(-1)
+    rows, columns = np.mgrid[0:64, 0:64]
+    radius = np.hypot(rows - 32, columns - 32)
+    assert out[(radius > 21) & (radius < 24)].mean() < out[radius < 12].mean() - 0.03  # a darker rim
+    assert out[radius > 30].min() > 0.85  # the white frame stays paper
+
+
+def test_oil_painting_is_richer_in_directional_strokes(photo):
     before, out = _array(photo), _array(synth.apply_style("oil_painting", photo))
     assert _saturation(out) > _saturation(before)
-    assert _high_frequency(out) < _high_frequency(before)
+    paint = _array(synth.apply_style("oil_painting", Image.new("RGB", (64, 64), (150, 90, 60)))).mean(-1)
+    along, across = np.abs(np.diff(paint, axis=0)).mean(), np.abs(np.diff(paint, axis=1)).mean()
+    assert paint.std() > 0.03 and across > 2 * along  # a flat colour gets brush strokes, longer than wide
 
 
-def test_3d_is_lit_from_the_top_left():
-    disc = Image.new("RGB", (64, 64), (60, 60, 60))
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(disc).ellipse([16, 16, 48, 48], fill=(200, 200, 200))
-    out = _array(synth.apply_style("3d", disc)).mean(-1)
-    top_left_rim, bottom_right_rim = out[18:24, 18:24].mean(), out[40:46, 40:46].mean()
+def test_3d_is_lit_from_the_top_left_with_highlights():
+    out = _array(synth.apply_style("3d", _framed((200, 200, 200), frame=(60, 60, 60), shape="ellipse")))
+    gray = out.mean(-1)
+    top_left_rim, bottom_right_rim = gray[12:18, 12:18].mean(), gray[46:52, 46:52].mean()
     assert top_left_rim > bottom_right_rim + 0.1
+    assert out.min(-1).max() > 0.95  # a white highlight on a light grey disc
 
 
 def test_unknown_style_is_a_clear_error(photo):

@@ -255,43 +255,81 @@ def _median(image: Image.Image, size: int, scale: float) -> Image.Image:
     return small.filter(ImageFilter.MedianFilter(size)).resize(image.size, Image.Resampling.BICUBIC)
 
 
-def _slope(gray: np.ndarray, scale: float) -> np.ndarray:
-    """Gradient magnitude per 64 px-image pixel: ``scale`` times the per-pixel slope, measured over ``scale`` pixels."""
-    gy, gx = np.gradient(_blur(gray, (scale - 1) / 2))
-    return np.hypot(gx, gy) * scale
-
-
 def _saturate(array: np.ndarray, factor: float) -> np.ndarray:
     gray = luminance(array)[..., None]
     return gray + (array - gray) * factor
 
 
-def _paper_texture(shape: tuple[int, int], scale: float) -> np.ndarray:
-    """Fixed, seeded paper grain in [-1, 1] (deterministic for a given size)."""
-    noise = np.random.default_rng(1234).standard_normal(shape).astype(np.float32)
-    noise = _blur(noise, 0.8 * scale)
-    return noise / (np.abs(noise).max() + 1e-6)
+def _noise(shape: tuple[int, int], sigma: float, seed: int, scale: float = 1.0) -> np.ndarray:
+    """Fixed, seeded smooth noise of unit standard deviation (paper, pigment, paint), drawn at the filters' 64 px
+    design size (``shape`` / ``scale``, ``sigma`` in its pixels) and enlarged: a larger image gets the same pattern."""
+    small = tuple(max(1, round(side / scale)) for side in shape)
+    noise = _blur(np.random.default_rng(seed).standard_normal(small).astype(np.float32), sigma)
+    noise = ndimage.zoom(noise, [side / size for side, size in zip(shape, small)], order=1, mode="reflect", grid_mode=True)
+    return noise / (noise.std() + 1e-6)
+
+
+def _quantize(array: np.ndarray, colors: int) -> np.ndarray:
+    """The image reduced to ``colors`` flat colours (median cut, no dithering)."""
+    image = to_image(array).quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    return to_array(image.convert("RGB"))
+
+
+def _sample(array: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``array`` (H x W or H x W x C) read at fractional pixel positions, bilinearly."""
+    if array.ndim == 2:
+        return ndimage.map_coordinates(array, [rows, columns], order=1, mode="reflect")
+    return np.stack([_sample(array[..., c], rows, columns) for c in range(array.shape[2])], axis=-1)
+
+
+def _color_edges(array: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels whose right or lower neighbour differs by more than ``threshold`` (summed over R, G and B)."""
+    right = np.pad(np.abs(np.diff(array, axis=1)).sum(-1), ((0, 0), (0, 1)))
+    below = np.pad(np.abs(np.diff(array, axis=0)).sum(-1), ((0, 1), (0, 0)))
+    return np.maximum(right, below) > threshold
+
+
+def _edge_direction(gray: np.ndarray, scale: float) -> np.ndarray:
+    """The angle along the local edges (perpendicular to the smoothed structure tensor's main gradient)."""
+    gy, gx = np.gradient(_blur(gray, scale))
+    jxx, jyy, jxy = (_blur(v, 2.0 * scale) for v in (gx * gx, gy * gy, gx * gy))
+    return 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2
+
+
+def _smear(array: np.ndarray, angle: np.ndarray, length: float, samples: int = 6) -> np.ndarray:
+    """The mean of ``array`` along a line of ``length`` pixels through each pixel at ``angle``: a brush stroke."""
+    rows, columns = np.mgrid[0 : angle.shape[0], 0 : angle.shape[1]].astype(np.float32)
+    offsets = np.linspace(-length / 2, length / 2, samples)
+    return sum(_sample(array, rows + k * np.sin(angle), columns + k * np.cos(angle)) for k in offsets) / samples
 
 
 def anime(image: Image.Image, scale: float = 1.0) -> Image.Image:
-    """Cel shading: smoothed regions quantised to 8 flat colours, dark outlines on edges."""
-    smooth = _median(image, 3, scale)
-    flat = smooth.quantize(colors=8, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).convert("RGB")
-    array = _saturate(to_array(flat), 1.25)
-    outline = _slope(luminance(to_array(smooth)), scale) > 0.12
-    array[outline] = 0.12
-    return to_image(array)
+    """Cel shading: bright, saturated flat colours (8 of them) and dark outlines where a cel meets another at an edge."""
+    smooth = to_array(_median(image, 3, scale))
+    flat = _quantize(0.12 + 0.88 * _saturate(smooth, 1.4), 8)
+    gy, gx = np.gradient(_blur(luminance(smooth), scale))
+    outline = (np.hypot(gx, gy) * scale > 0.09) & _color_edges(flat, 0.12)
+    if scale > 1:
+        width = round(0.75 * scale)  # about a pixel of the 64 px design
+        outline = ndimage.binary_dilation(outline, np.ones((width, width), dtype=bool))
+    flat[outline] = 0.1
+    return to_image(flat)
 
 
 def watercolor(image: Image.Image, scale: float = 1.0) -> Image.Image:
-    """Soft washes: blurred, lightened, slightly desaturated colour with darker pigment edges and paper grain."""
+    """Transparent washes on white paper: colour that bled (a wavy displacement), flat washes with soft edges,
+    uneven pigment, darker rims where pigment pooled at a wash's border, paper left white in the highlights, grain."""
     array = to_array(_median(image, 5, scale))
-    wash = _blur(array, 1.2 * scale)
-    wash = _saturate(wash, 0.85) * 0.75 + 0.25
-    pooling = _slope(luminance(wash), scale)
-    wash = wash - 0.8 * pooling[..., None]
-    grain = _paper_texture(wash.shape[:2], scale)
-    return to_image(wash * (1.0 - 0.04 * grain[..., None]))
+    shape = array.shape[:2]
+    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    bled = _sample(array, rows + scale * _noise(shape, 4, 1, scale), columns + scale * _noise(shape, 4, 2, scale))
+    wash = _blur(_quantize(_blur(bled, scale), 12), scale)
+    pigment = 0.6 * (1.0 - _saturate(wash, 1.2))
+    pooled = np.clip(pigment - _blur(pigment, 2 * scale), 0.0, None)  # the inner side of each wash's border
+    pigment = pigment * (1.0 + 0.15 * _noise(shape, 3, 3, scale)[..., None]) + 4.0 * pooled
+    pigment *= (luminance(wash) < 0.93)[..., None]
+    paper = (1.0 - 0.03 * _noise(shape, 0.7, 4, scale)[..., None]) * np.array([1.0, 0.98, 0.94], dtype=np.float32)
+    return to_image((1.0 - pigment) * paper)
 
 
 def _kuwahara(array: np.ndarray, radius: int) -> np.ndarray:
@@ -315,34 +353,55 @@ def _kuwahara(array: np.ndarray, radius: int) -> np.ndarray:
 
 
 def oil_painting(image: Image.Image, scale: float = 1.0) -> Image.Image:
-    """Thick paint: a Kuwahara filter makes flat, edge-preserving strokes; colours are richer."""
-    array = _kuwahara(to_array(image), radius=round(2 * scale))
-    array = _saturate(array, 1.4)
-    array = (array - 0.5) * 1.1 + 0.5  # a little more contrast, like varnished paint
-    return to_image(array)
+    """Thick paint in directional strokes: flattened colour (Kuwahara) dragged along the edges, richer and more
+    contrasted, with brush ridges (noise smeared the same way) lit from the top left."""
+    paint = _kuwahara(to_array(image), radius=round(2 * scale))
+    along = _edge_direction(luminance(paint), scale)
+    ridges = _smear(_noise(paint.shape[:2], 0.8, 5, scale), along, 7 * scale)
+    ridges /= ridges.std() + 1e-6
+    paint = (_saturate(_smear(paint, along, 5 * scale), 1.5) - 0.5) * 1.15 + 0.5
+    gy, gx = np.gradient(ridges)
+    return to_image(paint * (1.0 + 0.08 * ridges[..., None]) - 0.1 * scale * (gx + gy)[..., None])  # slope per 64 px pixel
+
+
+def _hatching(u: np.ndarray, period: float = 5.0) -> np.ndarray:
+    """Parallel lines across the coordinate ``u``: 1 on a line (about 2 of every ``period`` pixels), 0 between."""
+    phase = (u % period) / period
+    return np.clip(2.0 - 8.0 * np.abs(phase - 0.5), 0.0, 1.0)
 
 
 def pencil_sketch(image: Image.Image, scale: float = 1.0) -> Image.Image:
-    """Graphite on paper: a colour-dodge of the grey image by its blurred negative; no colour."""
+    """Graphite on paper: contours (a colour dodge of the grey image), hatching in the shadows and cross-hatching in
+    the darkest parts (both following the photo's own tonal range), on grainy paper; no colour."""
     gray = luminance(to_array(image))
-    blurred_negative = _blur(1.0 - gray, 2.0 * scale)
-    sketch = gray / np.maximum(1.0 - blurred_negative, 1e-3)
-    sketch = np.clip(sketch, 0.0, 1.0) ** 2.0  # darker strokes
-    return to_image(np.repeat(sketch[..., None], 3, axis=-1))
+    tone = _blur(gray, scale)
+    low, high = np.quantile(tone, (0.02, 0.98))
+    darkness = np.clip((high - tone) / max(high - low, 0.2), 0.0, 1.0)
+    rows, columns = (np.mgrid[0 : gray.shape[0], 0 : gray.shape[1]].astype(np.float32) + 0.5) / scale  # pixel centres
+    strokes = np.clip(2.0 * darkness - 0.6, 0.0, 1.0) * _hatching(columns + 0.5 * rows)
+    strokes += np.clip(2.0 * darkness - 1.3, 0.0, 1.0) * _hatching(columns - rows)
+    dodge = np.clip(gray / np.maximum(_blur(gray, 1.5 * scale), 1e-3), 0.0, 1.0) ** 3
+    graphite = (1.0 - 0.7 * np.clip(strokes, 0.0, 1.0)) * (0.3 + 0.7 * dodge)
+    paper = 0.97 + 0.015 * _noise(gray.shape, 0.6, 6, scale)
+    return to_image(np.repeat((graphite * paper)[..., None], 3, axis=-1))
 
 
 def clay_3d(image: Image.Image, scale: float = 1.0) -> Image.Image:
-    """A clay render: posterised, softened colours lit from the top left by the relief of the luminance."""
-    array = to_array(_median(image, 5, scale))
-    base = np.round(_saturate(_blur(array, 1.0 * scale), 0.8) * 8.0) / 8.0
-    height = _blur(luminance(array), 1.5 * scale) * (6.0 * scale)  # relief per 64 px-image pixel
+    """A clay or CG render: smooth saturated colours (6) on a relief raised from the luminance, lit from the top
+    left, with shiny highlights and darker creases (ambient occlusion)."""
+    smooth = _blur(to_array(_median(image, 5, scale)), 1.5 * scale)
+    base = _blur(_quantize(_saturate(smooth, 1.3), 6), scale)
+    height = _blur(luminance(smooth), 2.0 * scale) * (14.0 * scale)
     gy, gx = np.gradient(height)
     normals = np.stack([-gx, -gy, np.ones_like(gx)], axis=-1)
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-    light = np.array([-1.0, -1.0, 1.0], dtype=np.float32) / np.sqrt(3.0)
-    shade = np.clip(normals @ light, 0.0, 1.0)
-    lit = base * (0.25 + 0.85 * shade[..., None]) + 0.15 * shade[..., None] ** 8
-    return to_image(lit)
+    light = np.array([-0.6, -0.7, 0.8], dtype=np.float32) / np.linalg.norm([-0.6, -0.7, 0.8])
+    halfway = (light + [0.0, 0.0, 1.0]) / np.linalg.norm(light + [0.0, 0.0, 1.0])
+    diffuse = np.clip(normals @ light, 0.0, 1.0)[..., None]
+    highlight = np.clip(normals @ halfway.astype(np.float32), 0.0, 1.0)[..., None] ** 30
+    creases = np.clip(_blur(height, 3 * scale) - height, 0.0, None) / (3 * scale)
+    occlusion = np.clip(1.0 - creases, 0.4, 1.0)[..., None]
+    return to_image(base * (0.3 + 0.9 * diffuse) * occlusion + 0.6 * highlight)
 
 
 STYLES = {
