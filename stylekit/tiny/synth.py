@@ -303,16 +303,30 @@ def _smear(array: np.ndarray, angle: np.ndarray, length: float, samples: int = 6
     return sum(_sample(array, rows + k * np.sin(angle), columns + k * np.cos(angle)) for k in offsets) / samples
 
 
+def _cel(array: np.ndarray) -> np.ndarray:
+    """Bright, saturated flat colours: 6 of them."""
+    return _quantize(0.12 + 0.88 * _saturate(array, 1.5), 6)
+
+
+def _cel_outline(image: Image.Image, scale: float) -> np.ndarray:
+    """Where cels meet at an edge, two pixels wide, found at the 64 px design size and enlarged (smoothly) to the image:
+    a larger image gets the same lines, not thinner ones."""
+    small = image if scale == 1 else image.resize((round(image.width / scale), round(image.height / scale)), Image.Resampling.BOX)
+    smooth = to_array(small.filter(ImageFilter.MedianFilter(3)))
+    gy, gx = np.gradient(_blur(luminance(smooth), 1.0))
+    edges = (np.hypot(gx, gy) > 0.09) & _color_edges(_cel(smooth), 0.12)
+    lines = ndimage.binary_dilation(edges, np.ones((2, 2), dtype=bool)).astype(np.float32)
+    if scale == 1:
+        return lines > 0.5
+    zoom = [full / part for full, part in zip((image.height, image.width), lines.shape)]
+    return ndimage.zoom(lines, zoom, order=1, grid_mode=True, mode="nearest") > 0.5
+
+
 def anime(image: Image.Image, scale: float = 1.0) -> Image.Image:
-    """Cel shading: bright, saturated flat colours (8 of them) and dark outlines where a cel meets another at an edge."""
-    smooth = to_array(_median(image, 3, scale))
-    flat = _quantize(0.12 + 0.88 * _saturate(smooth, 1.4), 8)
-    gy, gx = np.gradient(_blur(luminance(smooth), scale))
-    outline = (np.hypot(gx, gy) * scale > 0.09) & _color_edges(flat, 0.12)
-    if scale > 1:
-        width = round(0.75 * scale)  # about a pixel of the 64 px design
-        outline = ndimage.binary_dilation(outline, np.ones((width, width), dtype=bool))
-    flat[outline] = 0.1
+    """Cel shading: bright, saturated flat colours (6 of them) and dark outlines, two pixels wide at 64 px (a line of
+    one does not survive the autoencoder), where a cel meets another at an edge."""
+    flat = _cel(to_array(_median(image, 3, scale)))
+    flat[_cel_outline(image.convert("RGB"), scale)] = 0.08
     return to_image(flat)
 
 
@@ -357,11 +371,11 @@ def oil_painting(image: Image.Image, scale: float = 1.0) -> Image.Image:
     contrasted, with brush ridges (noise smeared the same way) lit from the top left."""
     paint = _kuwahara(to_array(image), radius=round(2 * scale))
     along = _edge_direction(luminance(paint), scale)
-    ridges = _smear(_noise(paint.shape[:2], 0.8, 5, scale), along, 7 * scale)
+    ridges = _smear(_noise(paint.shape[:2], 0.8, 5, scale), along, 7 * scale, samples=max(6, round(3 * scale)))  # smooth when enlarged
     ridges /= ridges.std() + 1e-6
-    paint = (_saturate(_smear(paint, along, 5 * scale), 1.5) - 0.5) * 1.15 + 0.5
+    paint = (_saturate(_smear(paint, along, 5 * scale), 1.6) - 0.5) * 1.2 + 0.5
     gy, gx = np.gradient(ridges)
-    return to_image(paint * (1.0 + 0.08 * ridges[..., None]) - 0.1 * scale * (gx + gy)[..., None])  # slope per 64 px pixel
+    return to_image(paint * (1.0 + 0.12 * ridges[..., None]) - 0.2 * scale * (gx + gy)[..., None])  # slope per 64 px pixel
 
 
 def _hatching(u: np.ndarray, period: float = 5.0) -> np.ndarray:
