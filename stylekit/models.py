@@ -20,7 +20,6 @@ import re
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import (
     AutoPipelineForImage2Image,
@@ -30,7 +29,6 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 from diffusers.utils import logging as diffusers_logging
-from PIL import Image
 from safetensors import safe_open
 from transformers.utils import logging as transformers_logging
 
@@ -53,7 +51,6 @@ __all__ = [
     "pick_dtype",
     "pick_mixed_precision",
     "quiet_loading",
-    "round_trip",
     "size_multiple",
     "text_encoders",
     "tiny_model_dir",
@@ -214,22 +211,6 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] of scaled ``latents``; float32."""
     with _vae_precision(vae) as dtype:
         return vae.decode((latents / vae.config.scaling_factor).to(vae.device, dtype)).sample.float()
-
-
-def round_trip(vae, images: list, batch: int = 64) -> list:
-    """Same-sized PIL ``images`` through the autoencoder and back (posterior means): what any picture the pipeline makes
-    can keep of them."""
-    out = []
-    for start in range(0, len(images), batch):
-        pixels = torch.stack(
-            [
-                torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-                for im in images[start : start + batch]
-            ]
-        )
-        decoded = decode_latents(vae, encode_pixels(vae, pixels)).clamp(-1, 1).permute(0, 2, 3, 1).cpu().numpy()
-        out += [Image.fromarray(((d + 1.0) * 127.5 + 0.5).astype(np.uint8)) for d in decoded]
-    return out
 
 
 def as_task(pipe: DiffusionPipeline, task: str) -> DiffusionPipeline:
