@@ -434,7 +434,7 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
     vae, unet, text_encoder = (m.to(target) for m in (build_vae(config), build_unet(config), build_text_encoder(config, len(tokenizer))))
 
     if config.vae_from:
-        vae = AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", torch_dtype=torch.float32).to(target).eval()
+        vae = _reused_vae(vae, config.vae_from).to(target).eval()
         vae_losses = []
     else:
         vae_losses = train_vae(vae, pixels, kinds, config, work)
@@ -449,7 +449,7 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
     pipe = assemble_pipeline(vae.cpu(), unet.cpu(), text_encoder.cpu(), tokenizer)
     _save_fp16(pipe, out)
     record = {
-        "config": asdict(config),
+        "config": {**asdict(config), "vae_from": Path(config.vae_from).name if config.vae_from else None},  # no local path
         "data_hash": digest,
         "images": len(pixels),
         "images_per_kind": {name: int((kinds == kind).sum()) for name, kind in (("photo", PHOTO), ("scene", SCENE), ("art", ART))},
@@ -469,6 +469,12 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
     return pipe
 
 
+def _reused_vae(vae: AutoencoderKL, pipeline_folder: str) -> AutoencoderKL:
+    """``vae`` with the weights of the autoencoder in ``pipeline_folder`` (its config stays ``vae``'s: no local path)."""
+    vae.load_state_dict(AutoencoderKL.from_pretrained(Path(pipeline_folder) / "vae", torch_dtype=torch.float32).state_dict())
+    return vae
+
+
 def snapshot(work: Path, out: Path) -> StableDiffusionPipeline:
     """Save the EMA weights of ``work``'s latest UNet checkpoint as a pipeline in ``out``, while the run goes on or after
     it stopped: a look at a long pretraining without interrupting it. The model card needs a finished run
@@ -479,7 +485,7 @@ def snapshot(work: Path, out: Path) -> StableDiffusionPipeline:
     vae_config = json.loads((work / "vae_config.json").read_text())
     vae = AutoencoderKL.from_config(vae_config)
     if config.vae_from:
-        vae.load_state_dict(AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", torch_dtype=torch.float32).state_dict())
+        _reused_vae(vae, config.vae_from)
     else:
         _load_prefixed(vae, load_checkpoint(work / "vae_state.safetensors")[0], "vae.")
     unet, text_encoder = build_unet(config), build_text_encoder(config, len(tokenizer))
