@@ -16,6 +16,7 @@ import hashlib
 import html
 import json
 import random
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -617,15 +618,41 @@ def build_demo_sets(
     return folders
 
 
+DEMO_STAMP = ".demo.json"  # in each demo set (hidden from check_dataset): the fingerprint of what built it
+
+
+def demo_fingerprint(style: str, resolution: int, seed: int) -> str:
+    """What a demo set's files depend on, cheaply: the style filter's output on a few of its content images."""
+    digest = hashlib.sha256(f"{style}{resolution}{seed}{DEMO_COUNT}".encode())
+    for image, caption in demo_content(4, resolution, seed):
+        digest.update(synth.apply_style(style, image).tobytes() + caption.encode())
+    return digest.hexdigest()[:16]
+
+
 def ensure_demo_sets(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:
     """The demo sets of ``profile`` in ``outputs/<profile>/datasets`` at its resolution, building those that are missing
-    (so any notebook runs on its own)."""
+    or were built by other filters (so any notebook runs on its own, and a changed filter is not trained on stale images)."""
     datasets = profile_dir(profile) / "datasets"
+    resolution = get_profile(profile).resolution
+    fingerprints = {style: demo_fingerprint(style, resolution, seed) for style in styles}
+    stale = [s for s in styles if (datasets / s / METADATA).exists() and _stamp(datasets / s) != fingerprints[s]]
+    if stale:
+        print(f"rebuilding the demo sets {', '.join(stale)}: the style filters or content changed since they were built")
+    for style in stale:
+        shutil.rmtree(datasets / style)  # built by stylekit from shipped data: nothing of the user's is lost
     missing = [s for s in styles if not (datasets / s / METADATA).exists()]
     if missing:
-        resolution = get_profile(profile).resolution
         note = demo_photo_note(resolution)
         if note:
             print(note)
         build_demo_sets(datasets, missing, resolution=resolution, seed=seed)
+        for style in missing:
+            (datasets / style / DEMO_STAMP).write_text(json.dumps({"fingerprint": fingerprints[style]}) + "\n")
     return {style: datasets / style for style in styles}
+
+
+def _stamp(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / DEMO_STAMP).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return None

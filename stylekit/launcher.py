@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .adapters import DIFFUSERS_WEIGHTS
-from .data import ensure_demo_sets
-from .models import available_cores, pick_device
+from .data import DEMO_STAMP, ensure_demo_sets
+from .models import available_cores, pick_device, tiny_model_dir
 from .paths import profile_dir
 from .profiles import get_profile
 from .progress import progress_bar
@@ -80,13 +80,22 @@ def trainings_at_once(profile: str) -> int:
 def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:
     """Make sure each demo style has a trained adapter (building its dataset and training it if needed).
 
-    Lets any later notebook run on its own. Missing styles train in their own processes, side by side where the CPU
+    Lets any later notebook run on its own. An adapter older than its demo set, or than the shipped tiny base it was
+    trained on, is trained again (as ``make`` would). Missing styles train in their own processes, side by side where the CPU
     allows (:func:`trainings_at_once`). Returns style -> adapter folder.
     """
     datasets = ensure_demo_sets(styles, profile, seed)
     folders = {style: profile_dir(profile) / "loras" / style for style in styles}
-    missing = [style for style in styles if not (folders[style] / DIFFUSERS_WEIGHTS).exists()]
+    missing = [style for style in styles if _outdated(folders[style] / DIFFUSERS_WEIGHTS, datasets[style] / DEMO_STAMP, profile)]
     command = [sys.executable, "-m", "stylekit", "train", "--profile", profile, "--seed", str(seed)]
     commands = {style: [*command, str(datasets[style]), "--name", style] for style in missing}
     run_trainings(commands, get_profile(profile).train.steps, trainings_at_once(profile))
     return folders
+
+
+def _outdated(weights: Path, dataset_stamp: Path, profile: str) -> bool:
+    """Whether ``weights`` are missing or older than what they were trained from (the demo set; the tiny base)."""
+    if not weights.exists():
+        return True
+    inputs = [dataset_stamp] + ([tiny_model_dir() / "unet" / "diffusion_pytorch_model.safetensors"] if profile == "tiny" else [])
+    return any(path.exists() and path.stat().st_mtime > weights.stat().st_mtime for path in inputs)

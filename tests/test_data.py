@@ -198,6 +198,23 @@ def test_demo_sets_are_reproducible_and_valid(tmp_path):
     assert sum("photo" in c for c in captions) == 9  # three quarters photo crops: users bring photos
 
 
+def test_demo_sets_built_by_other_filters_are_rebuilt(tmp_path, monkeypatch, capsys):
+    from PIL import ImageOps
+
+    from stylekit import data
+
+    monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
+    folder = data.ensure_demo_sets(["pencil_sketch"])["pencil_sketch"]
+    first = (folder / "000.png").read_bytes()
+    assert not check_dataset(folder).problems  # the stamp is not taken for a sample
+    data.ensure_demo_sets(["pencil_sketch"])
+    assert "rebuilding" not in capsys.readouterr().out and (folder / "000.png").read_bytes() == first  # unchanged: kept
+    monkeypatch.setitem(synth.STYLES, "pencil_sketch", lambda image, scale=1.0: ImageOps.invert(image))  # the filter changes
+    data.ensure_demo_sets(["pencil_sketch"])
+    assert "rebuilding the demo sets pencil_sketch" in capsys.readouterr().out
+    assert (folder / "000.png").read_bytes() != first and not check_dataset(folder).problems
+
+
 def test_demo_sets_at_sd15_size_use_only_photos_large_enough(monkeypatch, capsys):
     """At 512 px a photo is enlarged at most twice: smaller photos are left out, and the run says so."""
     from stylekit import data

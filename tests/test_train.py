@@ -372,3 +372,26 @@ def test_checkpoint_every_zero_checkpoints_at_the_end_only(anime_set, outputs):
 
     result = train_adapter(TrainConfig(name="end_only", dataset=str(anime_set), steps=3, checkpoint_every=0), progress=False)
     assert load_checkpoint(result.folder / CHECKPOINT)[1]["step"] == 3 and len(result.losses) == 3
+
+
+def test_an_adapter_older_than_its_demo_set_or_the_tiny_base_is_trained_again(tmp_path):
+    import os
+    import time
+
+    from stylekit.launcher import _outdated
+    from stylekit.models import tiny_model_dir
+
+    weights, stamp = tmp_path / "pytorch_lora_weights.safetensors", tmp_path / ".demo.json"
+    assert _outdated(weights, stamp, "tiny")  # never trained
+    weights.write_bytes(b"")
+    stamp.write_text("{}")
+    base = (tiny_model_dir() / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime
+    now = max(base, time.time())
+    os.utime(stamp, (now - 10, now - 10))
+    os.utime(weights, (now, now))
+    assert not _outdated(weights, stamp, "tiny")
+    os.utime(stamp, (now + 10, now + 10))  # the demo set was rebuilt after the adapter was trained
+    assert _outdated(weights, stamp, "tiny")
+    os.utime(stamp, (base - 20, base - 20))
+    os.utime(weights, (base - 10, base - 10))  # the base model changed after it
+    assert _outdated(weights, stamp, "tiny") and not _outdated(weights, stamp, "sd15")
