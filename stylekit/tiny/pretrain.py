@@ -64,7 +64,7 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_crop: int = 32  # the autoencoder is fully convolutional: it trains on crops, runs on full images
     vae_lr: float = 1e-3
-    unet_steps: int = 5000  # may be raised when a run resumes: the learning rate is constant after warmup
+    unet_steps: int = 16200  # the shipped base's; may be raised when a run resumes: the learning rate is constant after warmup
     unet_batch: int = 32
     unet_lr: float = 5e-4
     unet_warmup: int = 500
