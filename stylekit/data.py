@@ -588,6 +588,17 @@ def demo_content(
     return content
 
 
+DEMO_STAMP = ".demo.json"  # in each demo set (hidden from check_dataset): the fingerprint of what built it
+
+
+def demo_fingerprint(style: str, resolution: int, seed: int, count: int = DEMO_COUNT) -> str:
+    """What a demo set's files depend on, cheaply: its arguments and the style filter's output on a few content images."""
+    digest = hashlib.sha256(f"{style}{resolution}{seed}{count}".encode())
+    for image, caption in demo_content(4, resolution, seed):
+        digest.update(synth.apply_style(style, image).tobytes() + caption.encode())
+    return digest.hexdigest()[:16]
+
+
 def build_demo_sets(
     out_dir: str | Path, styles: list[str] | None = None, count: int = DEMO_COUNT, resolution: int = 64, seed: int = 0
 ) -> dict[str, Path]:
@@ -614,19 +625,9 @@ def build_demo_sets(
             entry = {"file_name": name, "text": style_prompt(trigger_word(style), caption), "source": f"{SOURCES_FOLDER}/{name}"}
             lines.append(json.dumps(entry))
         (folder / METADATA).write_text("\n".join(lines) + "\n")
+        (folder / DEMO_STAMP).write_text(json.dumps({"fingerprint": demo_fingerprint(style, resolution, seed, count)}) + "\n")
         folders[style] = folder
     return folders
-
-
-DEMO_STAMP = ".demo.json"  # in each demo set (hidden from check_dataset): the fingerprint of what built it
-
-
-def demo_fingerprint(style: str, resolution: int, seed: int) -> str:
-    """What a demo set's files depend on, cheaply: the style filter's output on a few of its content images."""
-    digest = hashlib.sha256(f"{style}{resolution}{seed}{DEMO_COUNT}".encode())
-    for image, caption in demo_content(4, resolution, seed):
-        digest.update(synth.apply_style(style, image).tobytes() + caption.encode())
-    return digest.hexdigest()[:16]
 
 
 def ensure_demo_sets(styles: list[str], profile: str = "tiny", seed: int = 0) -> dict[str, Path]:
@@ -646,8 +647,6 @@ def ensure_demo_sets(styles: list[str], profile: str = "tiny", seed: int = 0) ->
         if note:
             print(note)
         build_demo_sets(datasets, missing, resolution=resolution, seed=seed)
-        for style in missing:
-            (datasets / style / DEMO_STAMP).write_text(json.dumps({"fingerprint": fingerprints[style]}) + "\n")
     return {style: datasets / style for style in styles}
 
 
