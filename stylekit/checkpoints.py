@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+CHECKPOINT = "checkpoint.safetensors"  # a training run's resumable state, in its run folder
+
 __all__ = ["atomic_write", "load_checkpoint", "optimizer_state", "restore_optimizer", "restore_rng", "rng_state", "save_checkpoint"]
 
 _META_KEY = "stylekit_state"

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .adapters import DIFFUSERS_WEIGHTS
+from .checkpoints import CHECKPOINT
 from .data import DEMO_STAMP, ensure_demo_sets
 from .models import available_cores, pick_device, tiny_model_dir
 from .paths import profile_dir
@@ -87,10 +88,22 @@ def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> d
     datasets = ensure_demo_sets(styles, profile, seed)
     folders = {style: profile_dir(profile) / "loras" / style for style in styles}
     missing = [style for style in styles if _outdated(folders[style] / DIFFUSERS_WEIGHTS, datasets[style] / DEMO_STAMP, profile)]
+    for style in missing:
+        start_over(folders[style])
     command = [sys.executable, "-m", "stylekit", "train", "--profile", profile, "--seed", str(seed)]
     commands = {style: [*command, str(datasets[style]), "--name", style] for style in missing}
     run_trainings(commands, get_profile(profile).train.steps, trainings_at_once(profile))
     return folders
+
+
+def start_over(run_dir: Path) -> None:
+    """Forget an outdated adapter's run: its weights and the finished checkpoint they came from (a checkpoint of other data
+    is refused, and one of the same data but an older base would be resumed as done). A run without weights is an
+    interrupted one and keeps its checkpoint, so it resumes."""
+    weights = run_dir / DIFFUSERS_WEIGHTS
+    if weights.exists():
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        weights.unlink()
 
 
 def _outdated(weights: Path, dataset_stamp: Path, profile: str) -> bool:

@@ -58,7 +58,7 @@ from .cache import (
     load_or_build_cache,
     stack_conditioning,
 )
-from .checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
+from .checkpoints import CHECKPOINT, load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from .diffusion import added_conditioning, min_snr_weights, prediction_target, prediction_type, read_run_config, style_prompt
 from .data import PreparedDataset, center_square, check_dataset, load_photos, prepare_dataset, trigger_word
 from .models import (
@@ -85,7 +85,6 @@ __all__ = [
     "before_after_grid",
     "train_adapter",
 ]
-CHECKPOINT = "checkpoint.safetensors"
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,4 +1,6 @@
 import json
+import shutil
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -395,3 +397,26 @@ def test_an_adapter_older_than_its_demo_set_or_the_tiny_base_is_trained_again(tm
     os.utime(stamp, (base - 20, base - 20))
     os.utime(weights, (base - 10, base - 10))  # the base model changed after it
     assert _outdated(weights, stamp, "tiny") and not _outdated(weights, stamp, "sd15")
+
+
+def test_an_outdated_adapter_is_trained_again_from_the_start_not_refused_or_resumed(anime_set, tmp_path):
+    from stylekit.adapters import DIFFUSERS_WEIGHTS
+    from stylekit.launcher import start_over
+
+    cfg = TrainConfig(name="anime", dataset=str(anime_set), steps=2, output_dir=str(tmp_path))
+    first = train_adapter(cfg, progress=False)
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(anime_set, rebuilt)
+    (rebuilt / "metadata.jsonl").write_text((rebuilt / "metadata.jsonl").read_text().replace("anime", "anime, redrawn"))
+    with pytest.raises(RuntimeError, match="delete"):  # the old run's checkpoint belongs to other data
+        train_adapter(replace(cfg, dataset=str(rebuilt)), progress=False)
+    start_over(first.folder)
+    again = train_adapter(replace(cfg, dataset=str(rebuilt)), progress=False)
+    assert again.resumed_from == 0 and len(again.losses) == 2
+    newer_base = replace(cfg, name="same_data")  # same data and settings, but (say) a newer tiny base
+    train_adapter(newer_base, progress=False)
+    assert train_adapter(newer_base, progress=False).resumed_from == 2  # the finished checkpoint would be taken as done ...
+    start_over(again.folder.parent / "same_data")
+    assert not (again.folder.parent / "same_data" / CHECKPOINT).exists()
+    assert not (again.folder.parent / "same_data" / DIFFUSERS_WEIGHTS).exists()
+    assert train_adapter(newer_base, progress=False).resumed_from == 0  # ... and is trained again after start_over
