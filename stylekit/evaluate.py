@@ -76,7 +76,7 @@ class EvalConfig:
 
     profile: str = "tiny"
     styles: tuple[str, ...] = tuple(STYLES)
-    kinds: bool = True  # also the adapter kinds of the comparison, where it has run
+    kinds: bool = True  # also the adapter kinds of the comparison, where it has run (at the defaults: notebook 03 sweeps them)
     style_strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
     content_strengths: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     content_strength: float | None = None
@@ -92,6 +92,7 @@ class System:
     kind: str  # "base", "lora", or an adapter kind of the comparison
     styles_dir: Path
     adapter: str
+    swept: bool = True  # the strength sweeps; a comparison kind is not (notebook 03 sweeps its multiplier already)
 
     @property
     def name(self) -> str:
@@ -309,12 +310,12 @@ def find_systems(config: EvalConfig, loras: dict[str, Path]) -> list[System]:
         systems += [System(style, "base", folder, style), System(style, kind, folder, style)]
         if config.kinds:
             comparison = profile_dir(config.profile) / "comparison" / style
-            systems += [System(style, k, comparison, k) for k in find_styles(comparison) if k != kind]
+            systems += [System(style, k, comparison, k, swept=False) for k in find_styles(comparison) if k != kind]
     return systems
 
 
 def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluation:
-    """Score every system on the held-out photos, sweep both strengths for each adapter, and keep example images."""
+    """Score every system on the held-out photos, sweep both strengths for each style's adapter, and keep example images."""
     config = config or EvalConfig()
     resolution = get_profile(config.profile).resolution
     reference = StyleReference.demo(list(STYLES), config.profile, config.seed)
@@ -334,7 +335,7 @@ def evaluate(config: EvalConfig | None = None, progress: bool = True) -> Evaluat
             images[(system.name, name)] = image
             scored = score(photo, image, system.style, reference, targets[system.style][name])
             scores.append({"system": system.name, "style": system.style, "kind": system.kind, "photo": name, **scored})
-        if system.kind != "base":
+        if system.kind != "base" and system.swept:
             sweeps += _sweeps(config, stylizer, system, photos, targets[system.style], reference)
     any_stylizer = next(iter(stylizers.values()))
     for style in config.styles:

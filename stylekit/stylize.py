@@ -376,8 +376,12 @@ class Stylizer:
         """Record, with the base model, the noise that leads each DDPM step back to the photo; replay it with the style on.
 
         With style strength 0 the replay returns the photo's latents exactly, so the result
-        is the autoencoder's reconstruction; the style changes only what the adapter changes.
+        is the autoencoder's reconstruction (made directly, without the two passes); the style changes only what the
+        adapter changes.
         """
+        if not any(weight * recipe.style_strength for weight in recipe.styles.values()):
+            self.activate(recipe.styles, 0.0)  # an unknown style is still refused
+            return self.autoencode(recipe.source)
         self.ddpm.set_timesteps(recipe.steps)
         timesteps = self.ddpm.timesteps.tolist()[-denoising_steps(recipe) :]
         steps = list(zip(timesteps, timesteps[1:] + [-1]))
