@@ -21,7 +21,16 @@ from safetensors.torch import load_file, safe_open, save_file
 
 CHECKPOINT = "checkpoint.safetensors"  # a training run's resumable state, in its run folder
 
-__all__ = ["atomic_write", "load_checkpoint", "optimizer_state", "restore_optimizer", "restore_rng", "rng_state", "save_checkpoint"]
+__all__ = [
+    "atomic_write",
+    "checkpoint_state",
+    "load_checkpoint",
+    "optimizer_state",
+    "restore_optimizer",
+    "restore_rng",
+    "rng_state",
+    "save_checkpoint",
+]
 
 _META_KEY = "stylekit_state"
 
@@ -51,9 +60,13 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict) -
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read back what :func:`save_checkpoint` wrote: ``(tensors, state)``."""
+    return load_file(str(path)), checkpoint_state(path)
+
+
+def checkpoint_state(path: Path) -> dict:
+    """The JSON state of a checkpoint (its step, ...), without reading its tensors."""
     with safe_open(str(path), framework="pt") as handle:
-        state = json.loads(handle.metadata()[_META_KEY])
-    return load_file(str(path)), state
+        return json.loads(handle.metadata()[_META_KEY])
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], dict]:

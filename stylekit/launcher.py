@@ -97,9 +97,9 @@ def ensure_trained(styles: list[str], profile: str = "tiny", seed: int = 0) -> d
 
 
 def start_over(run_dir: Path) -> None:
-    """Forget an outdated adapter's run: its weights and the finished checkpoint they came from (a checkpoint of other data
-    is refused, and one of the same data but an older base would be resumed as done). A run without weights is an
-    interrupted one and keeps its checkpoint, so it resumes."""
+    """Forget an outdated adapter's run: its weights and the finished checkpoint they came from (a finished run of the same
+    settings and data but an older base would otherwise be taken as done). A run without weights is an interrupted one
+    and keeps its checkpoint, so it resumes."""
     weights = run_dir / DIFFUSERS_WEIGHTS
     if weights.exists():
         (run_dir / CHECKPOINT).unlink(missing_ok=True)

@@ -58,7 +58,16 @@ from .cache import (
     load_or_build_cache,
     stack_conditioning,
 )
-from .checkpoints import CHECKPOINT, load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
+from .checkpoints import (
+    CHECKPOINT,
+    checkpoint_state,
+    load_checkpoint,
+    optimizer_state,
+    restore_optimizer,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from .diffusion import added_conditioning, min_snr_weights, prediction_target, prediction_type, read_run_config, style_prompt
 from .data import PreparedDataset, center_square, check_dataset, load_photos, prepare_dataset, trigger_word
 from .models import (
@@ -364,17 +373,28 @@ def _resume(path, params, named, optimizer, lr_scheduler) -> tuple[int, list[flo
 
 
 def _check_same_run(run_dir: Path, cfg: TrainConfig, data_key: str, accelerator) -> None:
-    """A checkpoint is only resumed by a run with the same settings and data."""
-    stamp = run_dir / "run.json"
+    """A checkpoint is only resumed by a run with the same settings and data. A finished run with other settings or data
+    (a changed parameter, a rebuilt demo set, new defaults) is trained again from the start; an unfinished one is refused,
+    so that its progress is not thrown away by mistake."""
+    stamp, checkpoint = run_dir / "run.json", run_dir / CHECKPOINT
     current = json.loads(json.dumps({"config": asdict(cfg), "data": data_key, "processes": accelerator.num_processes}))
     for key in ("output_dir", "cpu_threads"):  # where results go and how fast: not what is learned
         current["config"].pop(key)
-    if stamp.exists() and (run_dir / CHECKPOINT).exists() and json.loads(stamp.read_text()) != current:
+    previous = json.loads(stamp.read_text()) if stamp.exists() and checkpoint.exists() else current
+    if previous != current and checkpoint_state(checkpoint)["step"] < previous.get("config", {}).get("steps", 0):
         raise RuntimeError(
-            f"{run_dir} holds a checkpoint of a run with other settings or data; delete {run_dir / CHECKPOINT} to start over"
+            f"{run_dir} holds an unfinished checkpoint of a run with other settings or data; run again with its settings "
+            f"(in {stamp}) to finish it, or delete {checkpoint} to start over"
         )
+    accelerator.wait_for_everyone()  # every process has read the stamp before it changes
     if accelerator.is_main_process:
+        if previous != current:
+            changed = [key for key, value in current.items() if key != "config" and previous.get(key) != value]
+            changed += [key for key, value in current["config"].items() if previous.get("config", {}).get(key) != value]
+            print(f"{cfg.name}: its finished run had other {', '.join(changed)}; training it again from the start")
+            checkpoint.unlink()
         stamp.write_text(json.dumps(current, indent=2))
+    accelerator.wait_for_everyone()
 
 
 def training_precision(requested: str) -> str:

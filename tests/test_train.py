@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from dataclasses import replace
 import os
@@ -194,10 +195,18 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(anime_se
     assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
 
 
-def test_a_checkpoint_is_only_resumed_by_the_same_run(anime_set, outputs):
-    train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1), progress=False)
-    with pytest.raises(RuntimeError, match="other settings or data"):
-        train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1, rank=8, alpha=8), progress=False)
+def test_a_finished_run_with_other_settings_trains_again_and_an_unfinished_one_is_refused(anime_set, outputs, capsys):
+    first = train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1), progress=False)
+    again = train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1, rank=8, alpha=8), progress=False)
+    assert again.resumed_from == 0 and len(again.losses) == 2
+    assert re.search(r"anime: its finished run had other (rank, alpha|alpha, rank); training it again", capsys.readouterr().out)
+    stamp = first.folder / "run.json"
+    unfinished = json.loads(stamp.read_text())
+    unfinished["config"]["steps"] = 5  # as if the rank-8 run had stopped after 2 of 5 steps
+    stamp.write_text(json.dumps(unfinished))
+    with pytest.raises(RuntimeError, match="unfinished checkpoint of a run with other settings or data.*delete"):
+        train_adapter(TrainConfig(name="anime", dataset=str(anime_set), steps=2, checkpoint_every=1), progress=False)
+    assert load_checkpoint(first.folder / CHECKPOINT)[1]["step"] == 2  # its progress is kept
 
 
 @pytest.mark.parametrize("options", [{"kind": "dora", "save_precision": "fp32"}, {"text_encoder_lora": True, "conv": True}])
@@ -399,7 +408,7 @@ def test_an_adapter_older_than_its_demo_set_or_the_tiny_base_is_trained_again(tm
     assert _outdated(weights, stamp, "tiny") and not _outdated(weights, stamp, "sd15")
 
 
-def test_an_outdated_adapter_is_trained_again_from_the_start_not_refused_or_resumed(anime_set, tmp_path):
+def test_an_outdated_adapter_is_trained_again_from_the_start(anime_set, tmp_path):
     from stylekit.adapters import DIFFUSERS_WEIGHTS
     from stylekit.launcher import start_over
 
@@ -408,11 +417,8 @@ def test_an_outdated_adapter_is_trained_again_from_the_start_not_refused_or_resu
     rebuilt = tmp_path / "rebuilt"
     shutil.copytree(anime_set, rebuilt)
     (rebuilt / "metadata.jsonl").write_text((rebuilt / "metadata.jsonl").read_text().replace("anime", "anime, redrawn"))
-    with pytest.raises(RuntimeError, match="delete"):  # the old run's checkpoint belongs to other data
-        train_adapter(replace(cfg, dataset=str(rebuilt)), progress=False)
-    start_over(first.folder)
-    again = train_adapter(replace(cfg, dataset=str(rebuilt)), progress=False)
-    assert again.resumed_from == 0 and len(again.losses) == 2
+    again = train_adapter(replace(cfg, dataset=str(rebuilt)), progress=False)  # a finished run of other data: trained again
+    assert again.resumed_from == 0 and len(again.losses) == 2 and again.folder == first.folder
     newer_base = replace(cfg, name="same_data")  # same data and settings, but (say) a newer tiny base
     train_adapter(newer_base, progress=False)
     assert train_adapter(newer_base, progress=False).resumed_from == 2  # the finished checkpoint would be taken as done ...
