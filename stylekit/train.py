@@ -513,11 +513,13 @@ class MemoryMonitor:
 
 @torch.no_grad()
 def prompt_images(txt2img, cfg: TrainConfig) -> list[Image.Image]:
-    """The fixed validation prompts with the style's trigger, at the profile's steps and guidance (seed 0)."""
+    """The fixed validation prompts with the style's trigger, at the training's size and the profile's steps and guidance (seed 0)."""
     defaults = get_profile(cfg.profile).inference
     return [
         txt2img(
             style_prompt(cfg.trigger, prompt),
+            height=cfg.resolution,
+            width=cfg.resolution,
             num_inference_steps=defaults.steps,
             guidance_scale=defaults.guidance,
             generator=torch.Generator().manual_seed(0),
@@ -527,10 +529,10 @@ def prompt_images(txt2img, cfg: TrainConfig) -> list[Image.Image]:
 
 
 class _TrainingPreview(Stylizer):
-    """The stylizer on the pipeline being trained: its adapter is the style, switched on and off in place."""
+    """The stylizer on the pipeline being trained, at the training's size: its adapter is the style, switched on and off in place."""
 
     def __init__(self, pipe, cfg: TrainConfig):
-        super().__init__(cfg.model or cfg.profile, profile=cfg.profile, pipe=pipe)
+        super().__init__(cfg.model or cfg.profile, profile=cfg.profile, pipe=pipe, resolution=cfg.resolution)
         self.cfg = cfg
 
     def activate(self, styles: dict[str, float], style_strength: float) -> None:
@@ -719,7 +721,7 @@ def before_after_grid(results: dict[str, TrainResult]):
     with each style's saved file."""
     configs = {name: TrainConfig(**read_run_config(r.folder)) for name, r in results.items()}
     first = next(iter(configs.values())).resolved()
-    stylizer = Stylizer(first.model or first.profile, profile=first.profile)
+    stylizer = Stylizer(first.model or first.profile, profile=first.profile, resolution=first.resolution)
     for name, result in results.items():
         stylizer.add_style(name, result.folder)
     txt2img = as_task(stylizer.pipe, "txt2img")

@@ -105,7 +105,7 @@ def test_every_kind_trains_reloads_and_stylizes(profile, kind, folders, dataset,
         assert image.size == photo.size and recipe.method == method and np.isfinite(pixels).all() and pixels.std() > 0
 
 
-# fp16 on SDXL's layout is left out: on a CPU accelerate wraps the UNet for bf16 only, and that run takes 2.5 minutes here
+# fp16 on SDXL's layout is left out: on a CPU accelerate wraps the UNet for bf16 only
 @pytest.mark.parametrize(("profile", "precision"), [("sd15", "bf16"), ("sd15", "fp16"), ("sdxl", "bf16")])
 def test_previews_run_in_half_precision_after_accelerate_prepares_the_unet(profile, precision, folders, monkeypatch):
     """As on a GPU: weights in half precision, the UNet through ``accelerator.prepare`` (which makes it answer in
@@ -127,6 +127,7 @@ def test_previews_run_in_half_precision_after_accelerate_prepares_the_unet(profi
         with pipeline_precision(pipe.unet, accelerator):
             images = validation_images(pipe, config, photo)
         assert len(images) == 2 and all(np.isfinite(np.asarray(image, dtype=np.float32)).all() for image in images), method
+        assert {image.size for image in images} == {(RESOLUTION, RESOLUTION)}  # the training's size, not the profile's 1024
     assert pipe.unet.__dict__.get("forward") is patched  # training's float32 answers come back after the previews
 
 
