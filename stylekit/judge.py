@@ -14,6 +14,8 @@ photos. :class:`StyleReference` bundles it with each style's reference images;
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +26,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from .data import IMAGE_SUFFIXES, demo_content, ensure_demo_sets, open_image
+from .checkpoints import load_checkpoint, save_checkpoint
+from .data import IMAGE_SUFFIXES, demo_content, demo_fingerprint, ensure_demo_sets, open_image
 from .metrics import FEATURE_SIZE, FeatureNet, as_array, content_scores, feature_net, mean_gram_matrices, style_scores
+from .paths import profile_dir
 from .profiles import get_profile
 from .progress import progress_bar
 from .tiny.synth import apply_style
@@ -133,6 +137,27 @@ class StyleClassifier:
         optimizer.step(closure)
         return cls(net, classes, weight.detach(), bias.detach(), mean, scale, float("nan"))
 
+    def save(self, path: Path, probe: torch.Tensor) -> None:
+        """Write the fitted weights and ``probe`` (the features of a few images, checked on :meth:`load`) to ``path``."""
+        tensors = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale, "probe": probe}
+        state = {"classes": self.classes, "held_out_accuracy": self.held_out_accuracy, "net": self.net.name}
+        save_checkpoint(path, tensors, state)
+
+    @classmethod
+    def load(cls, path: Path, net: FeatureNet, probe: torch.Tensor) -> StyleClassifier | None:
+        """The classifier :meth:`save` wrote to ``path``, or None when there is none or ``net`` no longer gives its probe
+        features (another network or feature code: it must be fitted again)."""
+        if not path.is_file():
+            return None
+        tensors, state = load_checkpoint(path)
+        if (
+            state["net"] != net.name
+            or tensors["probe"].shape != probe.shape
+            or not torch.allclose(tensors["probe"], probe, rtol=1e-4, atol=1e-5)
+        ):
+            return None
+        return cls(net, state["classes"], tensors["weight"], tensors["bias"], tensors["mean"], tensors["scale"], state["held_out_accuracy"])
+
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         return torch.softmax(((features - self.mean) / self.scale) @ self.weight + self.bias, dim=1)
 
@@ -181,17 +206,46 @@ class StyleReference:
         """
         images = _read_folders(ensure_demo_sets(list(styles), profile, seed))
         resolution = get_profile(profile).resolution
-        return cls(images, _demo_classifier(tuple(styles), resolution, seed, classifier_images, feature_net().name))
+        folder = profile_dir(profile) / JUDGE_FOLDER
+        return cls(images, _demo_classifier(tuple(styles), resolution, seed, classifier_images, feature_net().name, folder))
+
+
+JUDGE_FOLDER = "judge"  # in outputs/<profile>: the fitted demo judges, one file per key
+PROBE_IMAGES = 4  # content images whose features a kept judge must reproduce
 
 
 @functools.lru_cache(maxsize=4)
-def _demo_classifier(styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, net_name: str) -> StyleClassifier:
-    """The demo judge (see :meth:`StyleReference.demo`), fitted once per process: it depends only on the shipped
-    photos and these arguments (``net_name`` keys the feature network in use), and fitting it takes half a minute."""
+def _demo_classifier(
+    styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, net_name: str, folder: Path
+) -> StyleClassifier:
+    """The demo judge (see :meth:`StyleReference.demo`), fitted once and kept in ``folder``: fitting takes half a minute
+    (each notebook and the served stylizer page would pay it), reading it back a moment.
+
+    It depends only on the shipped photos, the style filters, the feature network (``net_name``) and these arguments; the
+    file's name is a key of all of them and of the fitting code, and its probe features must match the network's now.
+    """
+    net = feature_net()
     content = [image for image, _ in demo_content(classifier_images, resolution, seed + 1)]
+    probe = texture_features(net, content[:PROBE_IMAGES])
+    path = folder / f"{_demo_key(styles, resolution, seed, classifier_images, net_name)}.safetensors"
+    kept = StyleClassifier.load(path, net, probe)
+    if kept is not None:
+        return kept
     training = {style: [apply_style(style, image) for image in content] for style in styles}
     softened = [image.filter(ImageFilter.GaussianBlur(BLUR_RADII[i % len(BLUR_RADII)])) for i, image in enumerate(content)]
-    return StyleClassifier.fit({**training, "photo": content + softened})
+    classifier = StyleClassifier.fit({**training, "photo": content + softened}, net)
+    classifier.save(path, probe)
+    return classifier
+
+
+def _demo_key(styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, net_name: str) -> str:
+    """What the demo judge depends on: its arguments, each filter's output on a few content images, and its fitting code."""
+    digest = hashlib.sha256(f"{styles}{resolution}{seed}{classifier_images}{net_name}{BLUR_RADII}".encode())
+    for style in styles:
+        digest.update(demo_fingerprint(style, resolution, seed + 1, classifier_images).encode())
+    for code in (StyleClassifier.fit, StyleClassifier._train, _demo_classifier, texture_features, image_statistics):
+        digest.update(inspect.getsource(code).encode())
+    return digest.hexdigest()[:16]
 
 
 BLUR_RADII = (0.5, 0.8, 1.1)  # the softened copies of photos the demo judge learns as "photo"

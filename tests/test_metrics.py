@@ -7,6 +7,7 @@ from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
 from stylekit import judge, metrics
+from stylekit.checkpoints import load_checkpoint
 from stylekit.data import build_demo_sets, center_square, load_photos
 from stylekit.tiny.synth import STYLES, apply_style
 
@@ -246,3 +247,22 @@ def test_image_statistics_of_a_batch_are_each_images_own():
     # one colour: no saturation spread, no edges, no local variance, a palette of one colour in 64 x 64 pixels
     assert torch.equal(together[1][[6, 7, 8, 9, 10, 11]], torch.zeros(6)) and together[1][12] == pytest.approx(1 / 4096)
     assert together[2][12] < together[0][12]  # the anime filter's flat colours: fewer distinct colours than the photo
+
+
+def test_the_demo_judge_is_fitted_once_then_read_back_while_its_features_hold(tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
+    first = judge.StyleReference.demo(["anime", "3d"], classifier_images=24).classifier
+    (kept,) = (tmp_path / "tiny" / judge.JUDGE_FOLDER).iterdir()
+    judge._demo_classifier.cache_clear()  # as a new process (a notebook's kernel, the served page) starts
+
+    def no_fitting(*args):
+        raise AssertionError("the kept judge was fitted again")
+
+    monkeypatch.setattr(judge, "apply_style", no_fitting)  # fitting styles the content; reading back does not
+    again = judge.StyleReference.demo(["anime", "3d"], classifier_images=24).classifier
+    assert again.classes == first.classes == ["anime", "3d", "photo"] and again.held_out_accuracy == first.held_out_accuracy
+    assert torch.equal(again.weight, first.weight) and torch.equal(again.scale, first.scale)
+    probe = load_checkpoint(kept)[0]["probe"]
+    assert judge.StyleClassifier.load(kept, again.net, probe) is not None
+    assert judge.StyleClassifier.load(kept, again.net, probe * 1.01) is None  # other features: fit again
+    assert judge.StyleClassifier.load(tmp_path / "none.safetensors", again.net, probe) is None
