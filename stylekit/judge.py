@@ -13,7 +13,6 @@ photos. :class:`StyleReference` bundles it with each style's reference images;
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 from collections.abc import Sequence
@@ -207,35 +206,38 @@ class StyleReference:
         images = _read_folders(ensure_demo_sets(list(styles), profile, seed))
         resolution = get_profile(profile).resolution
         folder = profile_dir(profile) / JUDGE_FOLDER
-        return cls(images, _demo_classifier(tuple(styles), resolution, seed, classifier_images, feature_net().name, folder))
+        return cls(images, _demo_classifier(tuple(styles), resolution, seed, classifier_images, folder))
 
 
 JUDGE_FOLDER = "judge"  # in outputs/<profile>: the fitted demo judges, one file per key
 PROBE_IMAGES = 4  # content images whose features a kept judge must reproduce
+_FITTED: dict[str, StyleClassifier] = {}  # this process's demo judges, by key
 
 
-@functools.lru_cache(maxsize=4)
-def _demo_classifier(
-    styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, net_name: str, folder: Path
-) -> StyleClassifier:
+def _demo_classifier(styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, folder: Path) -> StyleClassifier:
     """The demo judge (see :meth:`StyleReference.demo`), fitted once and kept in ``folder``: fitting takes half a minute
     (each notebook and the served stylizer page would pay it), reading it back a moment.
 
-    It depends only on the shipped photos, the style filters, the feature network (``net_name``) and these arguments; the
-    file's name is a key of all of them and of the fitting code, and its probe features must match the network's now.
+    It depends only on the shipped photos, the style filters, the feature network and these arguments; the file's name
+    is a key of all of them and of the fitting code, and its probe features must match the network's now. A process
+    keeps the judges it has by key, whichever outputs folder is in use.
     """
     net = feature_net()
     content = [image for image, _ in demo_content(classifier_images, resolution, seed + 1)]
     probe = texture_features(net, content[:PROBE_IMAGES])
-    path = folder / f"{_demo_key(styles, resolution, seed, classifier_images, net_name)}.safetensors"
-    kept = StyleClassifier.load(path, net, probe)
-    if kept is not None:
-        return kept
+    key = _demo_key(styles, resolution, seed, classifier_images, net.name)
+    path = folder / f"{key}.safetensors"
+    classifier = _FITTED.get(key) or StyleClassifier.load(path, net, probe) or _fit_demo(styles, content, net)
+    if not path.is_file():
+        classifier.save(path, probe)
+    _FITTED[key] = classifier
+    return classifier
+
+
+def _fit_demo(styles: tuple[str, ...], content: list[Image.Image], net: FeatureNet) -> StyleClassifier:
     training = {style: [apply_style(style, image) for image in content] for style in styles}
     softened = [image.filter(ImageFilter.GaussianBlur(BLUR_RADII[i % len(BLUR_RADII)])) for i, image in enumerate(content)]
-    classifier = StyleClassifier.fit({**training, "photo": content + softened}, net)
-    classifier.save(path, probe)
-    return classifier
+    return StyleClassifier.fit({**training, "photo": content + softened}, net)
 
 
 def _demo_key(styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, net_name: str) -> str:
@@ -243,7 +245,7 @@ def _demo_key(styles: tuple[str, ...], resolution: int, seed: int, classifier_im
     digest = hashlib.sha256(f"{styles}{resolution}{seed}{classifier_images}{net_name}{BLUR_RADII}".encode())
     for style in styles:
         digest.update(demo_fingerprint(style, resolution, seed + 1, classifier_images).encode())
-    for code in (StyleClassifier.fit, StyleClassifier._train, _demo_classifier, texture_features, image_statistics):
+    for code in (StyleClassifier.fit, StyleClassifier._train, _fit_demo, texture_features, image_statistics):
         digest.update(inspect.getsource(code).encode())
     return digest.hexdigest()[:16]
 

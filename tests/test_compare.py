@@ -1,6 +1,8 @@
 """The kind comparison runs end to end on a small budget and records real measurements."""
 
+import contextlib
 import csv
+import io
 import json
 
 import matplotlib.pyplot as plt
@@ -10,10 +12,17 @@ from stylekit.compare import ComparisonConfig, compare_kinds, stored_parameters
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
+def run(tmp_path_factory):
+    """A comparison of two kinds, and what it drew on stderr (its progress bars)."""
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as drawn:
         patch.setenv("STYLEKIT_OUTPUTS", str(tmp_path_factory.mktemp("outputs")))
-        return compare_kinds(ComparisonConfig(style="anime", kinds=("lora", "lokr"), steps=3, strengths=(0.0, 0.5, 1.0)), progress=False)
+        config = ComparisonConfig(style="anime", kinds=("lora", "lokr"), steps=3, strengths=(0.0, 0.5, 1.0))
+        return compare_kinds(config, progress=True), drawn.getvalue()
+
+
+@pytest.fixture(scope="module")
+def comparison(run):
+    return run[0]
 
 
 def test_each_kind_is_measured(comparison):
@@ -44,8 +53,6 @@ def test_unknown_kind_or_style_is_refused():
         compare_kinds(ComparisonConfig(style="my_style"))
 
 
-@pytest.mark.slow  # trains two kinds in their own processes
-def test_training_progress_of_each_kind_is_shown_as_it_runs(tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
-    compare_kinds(ComparisonConfig(style="anime", kinds=("lora",), steps=2, strengths=(1.0,)), progress=True)
-    assert "training lora: 100%" in capfd.readouterr().err  # a bar that follows the child process's steps to the end
+def test_training_progress_of_each_kind_is_shown_as_it_runs(run):
+    for kind in ("lora", "lokr"):
+        assert f"training {kind}: 100%" in run[1]  # a bar that follows the child process's steps to the end
