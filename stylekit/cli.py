@@ -36,6 +36,7 @@ from .profiles import PROFILES
 
 __all__ = ["NotebookFailed", "find_notebooks", "main", "run_notebooks"]
 
+PAGE = Path(__file__).parent / "page.ipynb"  # what `stylekit serve` shows: the stylizer app alone
 PACKAGES = ["torch", "diffusers", "transformers", "peft", "accelerate", "lycoris-lora", "safetensors", "papermill"]
 
 
@@ -270,13 +271,13 @@ def command_reproduce(args) -> int:
 
 
 def serve_command(port: int) -> list[str]:
-    """The Voila command that serves notebook 04 on localhost only (``STYLEKIT_PROFILE`` in its environment picks the profile)."""
-    notebook = NOTEBOOKS_DIR / "04_stylizer.ipynb"
+    """The Voila command that serves the stylizer page (notebook 04's app alone, :data:`PAGE`) on localhost only
+    (``STYLEKIT_PROFILE`` in its environment picks the profile)."""
     return [
         sys.executable,
         "-m",
         "voila",
-        str(notebook),
+        str(PAGE),
         "--no-browser",
         f"--port={port}",
         "--Voila.ip=127.0.0.1",

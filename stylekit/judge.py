@@ -216,7 +216,7 @@ _FITTED: dict[str, StyleClassifier] = {}  # this process's demo judges, by key
 
 def _demo_classifier(styles: tuple[str, ...], resolution: int, seed: int, classifier_images: int, folder: Path) -> StyleClassifier:
     """The demo judge (see :meth:`StyleReference.demo`), fitted once and kept in ``folder``: fitting takes half a minute
-    (each notebook and the served stylizer page would pay it), reading it back a moment.
+    (each notebook that scores styles would pay it), reading it back a moment.
 
     It depends only on the shipped photos, the style filters, the feature network and these arguments; the file's name
     is a key of all of them and of the fitting code, and its probe features must match the network's now. A process

@@ -253,7 +253,7 @@ def test_the_demo_judge_is_fitted_once_then_read_back_while_its_features_hold(tm
     monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
     first = judge.StyleReference.demo(["anime", "3d"], classifier_images=24).classifier
     (kept,) = (tmp_path / "tiny" / judge.JUDGE_FOLDER).iterdir()
-    monkeypatch.setattr(judge, "_FITTED", {})  # as a new process (a notebook's kernel, the served page) starts
+    monkeypatch.setattr(judge, "_FITTED", {})  # as a new process (another notebook's kernel) starts
 
     def no_fitting(*args):
         raise AssertionError("the kept judge was fitted again")

@@ -127,7 +127,10 @@ def test_setup_cell_installs_stylekit_into_the_running_kernel(tmp_path, monkeypa
         ).execute()
     monkeypatch.setenv("STYLEKIT_SOURCE", _copy_of_the_project(tmp_path).as_uri())
     monkeypatch.delenv("STYLEKIT_OUTPUTS", raising=False)
-    check = "from stylekit.data import load_photos\nimport stylekit.paths\nprint(len(load_photos()), stylekit.paths.IN_CLONE, stylekit.paths.outputs_dir().parent == Path.cwd())"
+    check = (
+        "from stylekit.data import load_photos\nimport stylekit.cli, stylekit.paths\n"
+        "print(len(load_photos()), stylekit.paths.IN_CLONE, stylekit.paths.outputs_dir().parent == Path.cwd(), stylekit.cli.PAGE.is_file())"
+    )
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
         nbformat.v4.new_code_cell(setup),
@@ -135,7 +138,9 @@ def test_setup_cell_installs_stylekit_into_the_running_kernel(tmp_path, monkeypa
     ]
     NotebookClient(notebook, kernel_name="fresh", timeout=600, resources=work).execute()
     printed = [out.get("text", "") for cell in notebook.cells for out in cell.outputs]
-    assert printed[0].startswith("stylekit ") and printed[-1].strip() == f"{len(load_photos())} False True"
+    assert (
+        printed[0].startswith("stylekit ") and printed[-1].strip() == f"{len(load_photos())} False True True"
+    )  # the page `stylekit serve` shows is installed too
 
 
 def test_every_saved_picture_in_the_notebooks_is_at_least_180_px_high():
