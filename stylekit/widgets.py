@@ -53,14 +53,15 @@ class StylizerApp:
         styles = list(self.stylizer.styles) or [NO_STYLE]
         self.samples = {p.file_name: p.image for p in load_photos()}
         self.result: tuple | None = None
-        slider = {"continuous_update": False, "style": {"description_width": "140px"}, "layout": widgets.Layout(width="420px")}
+        labelled = {"style": {"description_width": "140px"}, "layout": widgets.Layout(width="420px")}  # whole labels, one column
+        slider = {"continuous_update": False, **labelled}
 
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload photo")
         self.sample = widgets.Dropdown(
             options=list(self.samples), description="or a sample", value="chelsea.jpg" if "chelsea.jpg" in self.samples else None
         )
-        self.style = widgets.Dropdown(options=styles, description="style")
-        self.second_style = widgets.Dropdown(options=[NO_STYLE, *self.stylizer.styles], description="second style")
+        self.style = widgets.Dropdown(options=styles, description="style", **labelled)
+        self.second_style = widgets.Dropdown(options=[NO_STYLE, *self.stylizer.styles], description="second style", **labelled)
         self.blend = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description="second style share", **slider)
         self.style_strength = widgets.FloatSlider(
             value=defaults.style_strength, min=0.0, max=1.5, step=0.05, description="style strength", **slider
@@ -68,11 +69,13 @@ class StylizerApp:
         self.content_strength = widgets.FloatSlider(
             value=defaults.content_strength, min=0.0, max=1.0, step=0.05, description="content preservation", **slider
         )
-        self.style_file = widgets.Text(placeholder="path/to/community_lora.safetensors", description="style file")
+        self.style_file = widgets.Text(placeholder="path/to/community_lora.safetensors", description="style file", **labelled)
         self.add_file = widgets.Button(description="Add style", icon="plus")
-        self.seed = widgets.IntText(value=0, description="seed")
+        self.seed = widgets.IntText(value=0, description="seed", **labelled)
         self.steps = widgets.IntSlider(value=defaults.steps, min=2, max=60, description="steps", **slider)
-        self.live = widgets.Checkbox(value=False, description="update when a slider is released")
+        self.live = widgets.Checkbox(
+            value=False, description="update when a slider is released", indent=False, layout=widgets.Layout(width="420px")
+        )
         self.generate = widgets.Button(description="Generate", button_style="primary", icon="magic")
         self.save = widgets.Button(description="Save", icon="save", disabled=True)
         self.before = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
