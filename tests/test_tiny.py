@@ -60,9 +60,7 @@ def test_tokenizer_is_built_offline_in_clip_format():
 
 @pytest.mark.slow
 def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path, smoke):
-    straight = _train(tmp_path / "straight", tmp_path / "work_straight", smoke)
-    assert straight.wait(timeout=600) == 0, straight.stderr.read()
-
+    straight = _train(tmp_path / "straight", tmp_path / "work_straight", smoke)  # side by side with the victim: one core each
     victim = _train(tmp_path / "resumed", tmp_path / "work_resumed", smoke)
     state_file = tmp_path / "work_resumed" / "unet_state.safetensors"
     kill_once_written(victim, state_file)
@@ -71,6 +69,7 @@ def test_pretraining_killed_and_resumed_matches_uninterrupted(tmp_path, smoke):
 
     resumed = _train(tmp_path / "resumed", tmp_path / "work_resumed", smoke)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()
     a, b = _unet_weights(tmp_path / "straight"), _unet_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for key in a:

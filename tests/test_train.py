@@ -104,9 +104,7 @@ def _train_cli(dataset, outputs_dir, name, extra=()):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(anime_set, tmp_path):
-    straight = _train_cli(anime_set, tmp_path / "a", "anime")
-    assert straight.wait(timeout=600) == 0, straight.stderr.read()
-
+    straight = _train_cli(anime_set, tmp_path / "a", "anime")  # side by side with the victim: the tiny model trains on one thread
     victim = _train_cli(anime_set, tmp_path / "b", "anime")
     checkpoint = tmp_path / "b" / "tiny" / "loras" / "anime" / CHECKPOINT
     kill_once_written(victim, checkpoint)
@@ -115,6 +113,7 @@ def test_killed_run_resumes_to_the_same_weights(anime_set, tmp_path):
 
     resumed = _train_cli(anime_set, tmp_path / "b", "anime")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()
     a, b = (
         _adapter_tensors(tmp_path / "a" / "tiny" / "loras" / "anime", "anime"),
         _adapter_tensors(tmp_path / "b" / "tiny" / "loras" / "anime", "anime"),
