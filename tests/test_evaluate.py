@@ -42,7 +42,7 @@ def test_content_strength_sweep_keeps_more_of_the_photo(trained_outputs, referen
     assert points[-1]["ssim"] == pytest.approx(1.0, abs=0.05)  # content strength 1 returns the photo
 
 
-def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
+def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys, monkeypatch):
     evaluation = evaluate(
         EvalConfig(styles=("anime", "3d"), kinds=False, style_strengths=(0.0, 1.0), content_strengths=(0.4, 0.8)), progress=False
     )
@@ -79,9 +79,12 @@ def test_evaluation_report_and_cli(trained_outputs, tmp_path, capsys):
     assert evaluation.unbeaten_sentence() in text
     for name in ("evaluation_scores.csv", "evaluation_sweeps.csv", "evaluation_sweeps.png", "evaluation_tradeoff.png", "evaluation_3d.png"):
         assert (report.parent / name).exists(), name
+    asked = []  # the command's wiring is tested here, on this run's evaluation (evaluating again would add a minute)
+    monkeypatch.setattr("stylekit.evaluate.evaluate", lambda config: asked.append(config) or evaluation)
     assert main(["eval", "--styles", "anime", "--no-kinds", "--report-dir", str(tmp_path / "cli")]) == 0
+    assert asked == [EvalConfig(styles=("anime",), kinds=False)]
     out = capsys.readouterr().out
-    assert "anime/lora" in out and "evaluation.md" in out
+    assert "anime/lora" in out and evaluation.bar_sentence() in out and (tmp_path / "cli" / "evaluation.md").is_file()
 
 
 def test_photo_sets_are_the_held_out_photos_or_the_corpus_photos_nothing_trained_on():
