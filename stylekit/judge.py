@@ -219,16 +219,17 @@ def _demo_classifier(styles: tuple[str, ...], resolution: int, seed: int, classi
     (each notebook that scores styles would pay it), reading it back a moment.
 
     It depends only on the shipped photos, the style filters, the feature network and these arguments; the file's name
-    is a key of all of them and of the fitting code, and its probe features must match the network's now. A process
-    keeps the judges it has by key, whichever outputs folder is in use.
+    is a key of all of them and of the fitting code, and its probe features must match the network's now (else it is
+    fitted and written again). A process keeps the judges it has by key, whichever outputs folder is in use.
     """
     net = feature_net()
     content = [image for image, _ in demo_content(classifier_images, resolution, seed + 1)]
     probe = texture_features(net, content[:PROBE_IMAGES])
     key = _demo_key(styles, resolution, seed, classifier_images, net.name)
     path = folder / f"{key}.safetensors"
-    classifier = _FITTED.get(key) or StyleClassifier.load(path, net, probe) or _fit_demo(styles, content, net)
-    if not path.is_file():
+    kept = StyleClassifier.load(path, net, probe)
+    classifier = kept or _FITTED.get(key) or _fit_demo(styles, content, net)
+    if kept is None:  # none in this folder yet, or one that no longer holds: write this one
         classifier.save(path, probe)
     _FITTED[key] = classifier
     return classifier

@@ -266,3 +266,11 @@ def test_the_demo_judge_is_fitted_once_then_read_back_while_its_features_hold(tm
     assert judge.StyleClassifier.load(kept, again.net, probe) is not None
     assert judge.StyleClassifier.load(kept, again.net, probe * 1.01) is None  # other features: fit again
     assert judge.StyleClassifier.load(tmp_path / "none.safetensors", again.net, probe) is None
+
+    first.save(kept, probe * 1.01)  # a kept judge that no longer holds (its features were computed otherwise)...
+    monkeypatch.undo()
+    monkeypatch.setenv("STYLEKIT_OUTPUTS", str(tmp_path))
+    monkeypatch.setattr(judge, "_FITTED", {})
+    refitted = judge.StyleReference.demo(["anime", "3d"], classifier_images=24).classifier
+    assert torch.allclose(refitted.weight, first.weight, atol=1e-4)  # ...is fitted again, to the same weights...
+    assert judge.StyleClassifier.load(kept, refitted.net, probe) is not None  # ...and written over the stale file
