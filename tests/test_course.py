@@ -57,10 +57,11 @@ def test_denoising_loss_is_the_loss_written_by_hand_with_min_snr_weights():
     text = torch.randn(3, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim, generator=generator)
     with torch.no_grad():
         prediction = pipe.unet(scheduler.add_noise(x0, noise, timesteps), timesteps, encoder_hidden_states=text).sample
-        per_item = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        assert scheduler.config.prediction_type == "v_prediction"  # the tiny model predicts the velocity (notebook 00)
+        per_item = F.mse_loss(prediction, scheduler.get_velocity(x0, noise, timesteps), reduction="none").mean(dim=(1, 2, 3))
         snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
         plain = train.denoising_loss(pipe.unet, scheduler, x0, x0, noise, timesteps, {"encoder_hidden_states": text})
         weighted = train.denoising_loss(pipe.unet, scheduler, x0, x0, noise, timesteps, {"encoder_hidden_states": text}, 5.0)
     assert torch.allclose(plain, per_item.mean(), atol=1e-6)
-    assert torch.allclose(weighted, (per_item * snr.clamp(max=5) / snr).mean(), atol=1e-6)
+    assert torch.allclose(weighted, (per_item * snr.clamp(max=5) / (snr + 1)).mean(), atol=1e-6)
     assert weighted < plain  # timestep 5 (SNR in the hundreds) counts far less

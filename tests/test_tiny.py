@@ -100,6 +100,47 @@ def test_a_run_extends_refuses_other_settings_and_its_snapshot_is_the_ema_weight
     assert state["step"] == 45 and len(state["losses"]) == 45
 
 
+def test_a_fine_tuning_run_starts_from_the_given_model_and_can_move_it_to_v_prediction_with_zero_terminal_snr(tmp_path, smoke):
+    from diffusers import DDPMScheduler
+
+    from stylekit.models import load_pipeline
+    from stylekit.tiny.card import _training_text
+    from stylekit.tiny.pretrain import main
+
+    base = tmp_path / "base"
+    main(["train", "--out", str(base), "--work", str(tmp_path / "work"), *smoke])
+    tune = ["--init-from", str(base), "--vae-from", str(base), "--prediction-type", "v_prediction", "--zero-terminal-snr"]
+    main(["train", "--out", str(tmp_path / "still"), "--work", str(tmp_path / "work_still"), *smoke, *tune, "--unet-lr", "0"])
+    start, still = _unet_weights(base), _unet_weights(tmp_path / "still")  # learning rate 0: nothing moves from the start
+    assert start.keys() == still.keys() and all(np.array_equal(start[k].numpy(), still[k].numpy()) for k in start)
+
+    tuned = tmp_path / "tuned"
+    main(["train", "--out", str(tuned), "--work", str(tmp_path / "work_tuned"), *smoke, *tune, "--unet-lr-schedule", "cosine"])
+    moved = _unet_weights(tuned)
+    assert any(not np.array_equal(start[k].numpy(), moved[k].numpy()) for k in start)
+    assert (tuned / "tokenizer" / "tokenizer.json").read_text() == (base / "tokenizer" / "tokenizer.json").read_text()
+    config = load_pipeline(tuned, device="cpu").scheduler.config
+    assert config.prediction_type == "v_prediction" and config.timestep_spacing == "trailing"
+    assert DDPMScheduler.from_config(config).alphas_cumprod[-1] == 0  # the last step is pure noise
+
+    record = json.loads((tuned / "training.json").read_text())
+    assert record["config"]["init_from"] == "base" and record["started_from"]["config"]["prediction_type"] == "epsilon"
+    assert "Then fine-tuned" in _training_text(record) and "zero terminal SNR" in _training_text(record)
+
+
+def test_zero_terminal_snr_needs_v_prediction_and_the_cosine_schedule_decays_to_zero():
+    from stylekit.tiny.pretrain import training_scheduler, unet_learning_rate
+
+    with pytest.raises(ValueError, match="v_prediction"):
+        training_scheduler(PretrainConfig(zero_terminal_snr=True))
+    cosine = PretrainConfig(unet_steps=1000, unet_warmup=100, unet_lr=1e-3, unet_lr_schedule="cosine")
+    assert unet_learning_rate(cosine, 0) == pytest.approx(1e-5) and unet_learning_rate(cosine, 99) == pytest.approx(1e-3)
+    assert unet_learning_rate(cosine, 550) == pytest.approx(5e-4) and unet_learning_rate(cosine, 999) < 1e-8
+    assert unet_learning_rate(PretrainConfig(), 10_000) == PretrainConfig().unet_lr
+    with pytest.raises(ValueError, match="cosine"):
+        unet_learning_rate(PretrainConfig(unet_lr_schedule="linear"), 0)
+
+
 def test_ema_forgets_the_start_then_settles():
     from stylekit.tiny.pretrain import ema_decay
 

@@ -8,6 +8,7 @@ shipped photos, the procedural scenes of :mod:`stylekit.tiny.synth`, and the cor
 and generic artistic renderings; never the five demo styles):
 
     python -m stylekit.tiny train            # autoencoder, then UNet + text encoder
+    python -m stylekit.tiny train --init-from DIR --vae-from DIR ...   # or fine-tune a trained one (docs/how_it_works.md)
     python -m stylekit.tiny.card             # then measure it and write its model card
 
 This module knows nothing of the card: ``card`` imports it, not the other way round.
@@ -39,7 +40,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from . import corpus, synth
 from ..checkpoints import load_checkpoint, optimizer_state, restore_optimizer, restore_rng, rng_state, save_checkpoint
 from ..data import load_photos
-from ..diffusion import min_snr_weights
+from ..diffusion import min_snr_weights, prediction_target
 from ..models import pick_device, tiny_model_dir, tokenize
 from ..progress import progress_bar
 
@@ -68,8 +69,13 @@ class PretrainConfig:
     unet_batch: int = 32
     unet_lr: float = 5e-4
     unet_warmup: int = 500
+    unet_lr_schedule: str = "constant"  # after warmup: "constant", or "cosine" (decays to 0 at unet_steps)
     ema_max_decay: float = 0.999  # EMA of the UNet and text encoder, warmed up as diffusers' EMAModel (power 3/4)
     snr_gamma: float = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 turns it off
+    prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon" (the noise) or "v_prediction" (the velocity)
+    # rescale the schedule so that its last step is pure noise (Lin et al. 2024); needs v-prediction. Stable Diffusion's
+    # schedule leaves some of the image there, and a model then takes the noise's coarse colours as the picture's
+    zero_terminal_snr: bool = False
     caption_dropout: float = 0.1
     checkpoint_every: int = 250
     seed: int = 0
@@ -83,6 +89,9 @@ class PretrainConfig:
     extra_words: str = field(default=EXTRA_WORDS)
     pooled_text: bool = False  # also condition every ResNet block on the pooled caption (diffusers' addition_embed_type="text")
     vae_from: str = ""  # a model folder whose autoencoder is reused (stage 1 skipped); empty: train one
+    # a model folder whose UNet, text encoder and tokenizer the UNet stage starts from (fine-tuning; pass the same folder as
+    # vae_from); empty: from scratch
+    init_from: str = ""
 
 
 # ---------------------------------------------------------------------------
@@ -183,9 +192,27 @@ def build_text_encoder(config: PretrainConfig, vocab_size: int) -> CLIPTextModel
     return CLIPTextModel(text_config)
 
 
-def training_scheduler() -> DDPMScheduler:
-    """Stable Diffusion's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+def training_scheduler(config: PretrainConfig | None = None) -> DDPMScheduler:
+    """Stable Diffusion's noise schedule (scaled-linear betas, 1000 steps), with the run's prediction type and, where
+    asked, rescaled to zero terminal SNR (default: the original settings, epsilon prediction)."""
+    config = config or PretrainConfig()
+    if config.zero_terminal_snr and config.prediction_type != "v_prediction":
+        raise ValueError("zero_terminal_snr needs prediction_type='v_prediction': at pure noise the noise says nothing of the image")
+    return DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+    )
+
+
+def sampling_scheduler(config: PretrainConfig) -> DPMSolverMultistepScheduler:
+    """The shipped pipeline's sampler on the training schedule; with zero terminal SNR its first step is the last
+    timestep (``trailing`` spacing), where the sample is pure noise."""
+    spacing = {"timestep_spacing": "trailing"} if config.zero_terminal_snr else {}
+    return DPMSolverMultistepScheduler.from_config(training_scheduler(config).config, **spacing)
 
 
 # ---------------------------------------------------------------------------
@@ -352,9 +379,9 @@ def ema_decay(step: int, max_decay: float, power: float = 0.75) -> float:
 
 
 def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: PretrainConfig, work: Path) -> list[float]:
-    """Stage 2: UNet and text encoder together, epsilon prediction with min-SNR weighting, caption dropout for
-    guidance, and an EMA of the weights that replaces them at the end."""
-    scheduler = training_scheduler()
+    """Stage 2: UNet and text encoder together (the config's prediction type and schedule, min-SNR weighting), caption
+    dropout for guidance, and an EMA of the weights that replaces them at the end."""
+    scheduler = training_scheduler(config)
     device = next(unet.parameters()).device
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
@@ -369,7 +396,7 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: Pretra
     for step in bar:
         generator = _step_generator(config.seed, 2, step)
         for group in optimizer.param_groups:
-            group["lr"] = config.unet_lr * min(1.0, (step + 1) / config.unet_warmup)
+            group["lr"] = unet_learning_rate(config, step)
         index = torch.randint(len(latents), (config.unet_batch,), generator=generator)
         ids = token_ids[index].clone()
         dropped = torch.rand(config.unet_batch, generator=generator) < config.caption_dropout
@@ -382,8 +409,9 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: Pretra
         noisy = scheduler.add_noise(x0, noise, t)
         states = text_encoder(ids.to(device)).last_hidden_state
         pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=states).sample
-        per_sample = F.mse_loss(pred, noise.to(device), reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(scheduler.alphas_cumprod, t, config.snr_gamma).to(device)).mean()
+        target = prediction_target(noisy, x0, scheduler.alphas_cumprod[t], config.prediction_type)
+        per_sample = F.mse_loss(pred, target.to(device), reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(scheduler.alphas_cumprod, t, config.snr_gamma, config.prediction_type).to(device)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -401,14 +429,24 @@ def train_unet(unet, text_encoder, latents, token_ids, empty_ids, config: Pretra
     return losses
 
 
-def assemble_pipeline(vae, unet, text_encoder, tokenizer) -> StableDiffusionPipeline:
-    scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler().config)
+def unet_learning_rate(config: PretrainConfig, step: int) -> float:
+    """The UNet stage's learning rate at ``step``: linear warmup, then constant or a cosine decay to 0."""
+    warm = min(1.0, (step + 1) / config.unet_warmup)
+    if config.unet_lr_schedule == "cosine":
+        done = max(0, step - config.unet_warmup) / max(1, config.unet_steps - config.unet_warmup)
+        return config.unet_lr * warm * 0.5 * (1 + math.cos(math.pi * done))
+    if config.unet_lr_schedule != "constant":
+        raise ValueError(f"unet_lr_schedule {config.unet_lr_schedule!r}: use 'constant' or 'cosine'")
+    return config.unet_lr * warm
+
+
+def assemble_pipeline(vae, unet, text_encoder, tokenizer, config: PretrainConfig) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
         vae=vae,
         unet=unet,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler=scheduler,
+        scheduler=sampling_scheduler(config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -444,12 +482,17 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
     latents = latents * vae.config.scaling_factor
     token_ids = tokenize(tokenizer, captions)
     empty_ids = tokenize(tokenizer, [""])[0]
+    if config.init_from:
+        _start_from(unet, text_encoder, config.init_from)
     unet_losses = train_unet(unet, text_encoder, latents, token_ids, empty_ids, config, work)
 
-    pipe = assemble_pipeline(vae.cpu(), unet.cpu(), text_encoder.cpu(), tokenizer)
+    pipe = assemble_pipeline(vae.cpu(), unet.cpu(), text_encoder.cpu(), tokenizer, config)
     _save_fp16(pipe, out)
     record = {
-        "config": {**asdict(config), "vae_from": Path(config.vae_from).name if config.vae_from else None},  # no local path
+        "config": {
+            **asdict(config),
+            **{key: Path(getattr(config, key)).name or None for key in ("vae_from", "init_from")},
+        },  # no local path
         "data_hash": digest,
         "images": len(pixels),
         "images_per_kind": {name: int((kinds == kind).sum()) for name, kind in (("photo", PHOTO), ("scene", SCENE), ("art", ART))},
@@ -463,6 +506,8 @@ def pretrain(out: Path, work: Path, config: PretrainConfig, device: str = "auto"
         },
         "train_seconds_this_session": round(time.time() - started, 1),
     }
+    if config.init_from:  # the starting model's own record: the card tells the whole history
+        record["started_from"] = json.loads((Path(config.init_from) / "training.json").read_text())
     (out / "training.json").write_text(json.dumps(record, indent=2))
     np.save(work / "losses_vae.npy", np.array(vae_losses))
     np.save(work / "losses_unet.npy", np.array(unet_losses))
@@ -473,6 +518,13 @@ def _reused_vae(vae: AutoencoderKL, pipeline_folder: str) -> AutoencoderKL:
     """``vae`` with the weights of the autoencoder in ``pipeline_folder`` (its config stays ``vae``'s: no local path)."""
     vae.load_state_dict(AutoencoderKL.from_pretrained(Path(pipeline_folder) / "vae", torch_dtype=torch.float32).state_dict())
     return vae
+
+
+def _start_from(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, pipeline_folder: str) -> None:
+    """Load the UNet and text encoder of the model in ``pipeline_folder`` (same architecture) to fine-tune them."""
+    folder = Path(pipeline_folder)
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32).state_dict())
+    text_encoder.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32).state_dict())
 
 
 def snapshot(work: Path, out: Path) -> StableDiffusionPipeline:
@@ -492,7 +544,7 @@ def snapshot(work: Path, out: Path) -> StableDiffusionPipeline:
     tensors, state = load_checkpoint(work / "unet_state.safetensors")
     _load_prefixed(unet, tensors, "ema_unet.")
     _load_prefixed(text_encoder, tensors, "ema_text_encoder.")
-    pipe = assemble_pipeline(vae.eval(), unet.eval(), text_encoder.eval(), tokenizer)
+    pipe = assemble_pipeline(vae.eval(), unet.eval(), text_encoder.eval(), tokenizer, config)
     _save_fp16(pipe, out)
     record = {"config": {**run["config"], "unet_steps": state["step"]}, "data_hash": run["data_hash"], "snapshot_of": str(work)}
     record["final_unet_loss"] = float(np.mean(state["losses"][-100:]))
@@ -511,11 +563,14 @@ def _run_latents(work: Path, vae: AutoencoderKL, pixels: torch.Tensor) -> torch.
 
 
 def _run_tokenizer(work: Path, captions: list[str], config: PretrainConfig) -> CLIPTokenizer:
-    """The run's tokenizer: built once, then reused when the run resumes."""
+    """The run's tokenizer: built once (or the starting model's, when fine-tuning), then reused when the run resumes."""
     folder = work / "tokenizer"
     if folder.exists():
         return CLIPTokenizer.from_pretrained(folder)
-    tokenizer = build_tokenizer(captions, config.vocab_size, config.max_tokens)
+    if config.init_from:
+        tokenizer = CLIPTokenizer.from_pretrained(Path(config.init_from) / "tokenizer")
+    else:
+        tokenizer = build_tokenizer(captions, config.vocab_size, config.max_tokens)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
