@@ -24,6 +24,7 @@ RECIPES = {
     "defaults": {},
     "steps 450": {"steps": 450},
     "lr 6e-3": {"learning_rate": 6e-3},
+    "lr 3e-3": {"learning_rate": 3e-3},
     "rank 32": {"rank": 32, "alpha": 32.0},
     "unpaired 0.25": {"unpaired_share": 0.25},
 }
