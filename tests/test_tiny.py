@@ -132,13 +132,14 @@ def test_zero_terminal_snr_needs_v_prediction_and_the_cosine_schedule_decays_to_
     from stylekit.tiny.pretrain import training_scheduler, unet_learning_rate
 
     with pytest.raises(ValueError, match="v_prediction"):
-        training_scheduler(PretrainConfig(zero_terminal_snr=True))
+        PretrainConfig(zero_terminal_snr=True)  # refused before any data is built
+    assert training_scheduler(PretrainConfig(prediction_type="v_prediction", zero_terminal_snr=True)).alphas_cumprod[-1] == 0
     cosine = PretrainConfig(unet_steps=1000, unet_warmup=100, unet_lr=1e-3, unet_lr_schedule="cosine")
     assert unet_learning_rate(cosine, 0) == pytest.approx(1e-5) and unet_learning_rate(cosine, 99) == pytest.approx(1e-3)
     assert unet_learning_rate(cosine, 550) == pytest.approx(5e-4) and unet_learning_rate(cosine, 999) < 1e-8
     assert unet_learning_rate(PretrainConfig(), 10_000) == PretrainConfig().unet_lr
     with pytest.raises(ValueError, match="cosine"):
-        unet_learning_rate(PretrainConfig(unet_lr_schedule="linear"), 0)
+        PretrainConfig(unet_lr_schedule="linear")
 
 
 def test_ema_forgets_the_start_then_settles():

@@ -93,6 +93,12 @@ class PretrainConfig:
     # vae_from); empty: from scratch
     init_from: str = ""
 
+    def __post_init__(self) -> None:
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_terminal_snr needs prediction_type='v_prediction': at pure noise the noise says nothing of the image")
+        if self.unet_lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"unet_lr_schedule {self.unet_lr_schedule!r}: use 'constant' or 'cosine'")
+
 
 # ---------------------------------------------------------------------------
 # Architecture
@@ -196,8 +202,6 @@ def training_scheduler(config: PretrainConfig | None = None) -> DDPMScheduler:
     """Stable Diffusion's noise schedule (scaled-linear betas, 1000 steps), with the run's prediction type and, where
     asked, rescaled to zero terminal SNR (default: the original settings, epsilon prediction)."""
     config = config or PretrainConfig()
-    if config.zero_terminal_snr and config.prediction_type != "v_prediction":
-        raise ValueError("zero_terminal_snr needs prediction_type='v_prediction': at pure noise the noise says nothing of the image")
     return DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -435,8 +439,6 @@ def unet_learning_rate(config: PretrainConfig, step: int) -> float:
     if config.unet_lr_schedule == "cosine":
         done = max(0, step - config.unet_warmup) / max(1, config.unet_steps - config.unet_warmup)
         return config.unet_lr * warm * 0.5 * (1 + math.cos(math.pi * done))
-    if config.unet_lr_schedule != "constant":
-        raise ValueError(f"unet_lr_schedule {config.unet_lr_schedule!r}: use 'constant' or 'cosine'")
     return config.unet_lr * warm
 
 
