@@ -341,9 +341,9 @@ def _schedule_text(config: dict) -> str:
     """What the noise schedule means for pictures and img2img."""
     if config.get("zero_terminal_snr"):
         return """Its noise schedule ends in pure noise (zero terminal SNR, with v-prediction, as Lin et al. 2024 propose). On Stable
-Diffusion's schedule, where the last step still holds a little of the image, this model took the coarse colours of the
-starting noise for the picture's and drew a night sky as light as a blue one; and img2img kept a photo's mean colour even
-at strength 1.0."""
+Diffusion's schedule, where the last step still holds a little of the image, a model this small takes the coarse colours of
+the starting noise for the picture's (this project's earlier, noise-predicting base drew a night sky as light as a blue
+one), and img2img keeps a photo's mean colour even at strength 1.0."""
     return """A known weakness: img2img keeps the photo's mean colour even at strength 1.0 (the 16 x 16 latent's average
 survives Stable Diffusion's noise schedule, and the model was trained without offset noise), so style adapters
 trained on it change photos less than they change text-to-image samples."""

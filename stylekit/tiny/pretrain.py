@@ -198,10 +198,9 @@ def build_text_encoder(config: PretrainConfig, vocab_size: int) -> CLIPTextModel
     return CLIPTextModel(text_config)
 
 
-def training_scheduler(config: PretrainConfig | None = None) -> DDPMScheduler:
+def training_scheduler(config: PretrainConfig) -> DDPMScheduler:
     """Stable Diffusion's noise schedule (scaled-linear betas, 1000 steps), with the run's prediction type and, where
-    asked, rescaled to zero terminal SNR (default: the original settings, epsilon prediction)."""
-    config = config or PretrainConfig()
+    asked, rescaled to zero terminal SNR."""
     return DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
